@@ -1,0 +1,65 @@
+# FleetPulse: `make demo` runs the whole story on the local stack; `make test` runs the suite.
+# Both set everything up on a fresh machine (Python venv, Kafka jars, Mosquitto, FerretDB build).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+FP := $(BIN)/fleetpulse
+PYTEST_TIMEOUT ?= 900
+
+.PHONY: setup lock stack-up stack-down test check demo bench clean system-deps
+
+# Debian packages the stack and tests need; installed only when missing (needs root or sudo).
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+setup: system-deps $(VENV)/.installed
+
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --no-header --no-annotate
+	sed -i '/^-e /d' requirements.lock
+
+stack-up: setup
+	$(FP) stack up
+
+stack-down:
+	$(FP) stack down
+
+# The fast part: everything but the end-to-end and load tests.
+check: stack-up
+	$(BIN)/pytest -m "not slow" --timeout=$(PYTEST_TIMEOUT) -q
+
+# The whole suite, from a clean clone on a fresh machine.
+test: stack-up
+	$(BIN)/pytest --timeout=$(PYTEST_TIMEOUT) -q
+
+demo: setup
+	$(FP) demo
+
+bench: stack-up
+	$(FP) bench
+
+clean:
+	rm -rf $(VENV) reports bench/results/*.json
