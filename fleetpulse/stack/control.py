@@ -7,10 +7,12 @@ import shutil
 import time
 from typing import Callable
 
+from fleetpulse.errors import StackError
 from fleetpulse.stack.gcs import FakeGCSService
 from fleetpulse.stack.kafka import KafkaService
 from fleetpulse.stack.mongodb import FerretDBService
 from fleetpulse.stack.mqtt import MosquittoService
+from fleetpulse.stack.process import port_in_use, port_owner
 from fleetpulse.stack.service import Service
 from fleetpulse.stack.settings import StackSettings
 
@@ -46,6 +48,7 @@ def up(settings: StackSettings, mqtt_brokers: int = 1, progress: Callable[[str],
         for svc in services(settings, previous)[1 + mqtt_brokers : 1 + previous]:
             svc.process.stop()
     _layout_file(settings).write_text(json.dumps({"mqtt_brokers": mqtt_brokers}))
+    _preflight(services(settings, mqtt_brokers))
     timings: dict[str, float] = {}
     started: list[Service] = []
     for svc in services(settings, mqtt_brokers):
@@ -61,6 +64,19 @@ def up(settings: StackSettings, mqtt_brokers: int = 1, progress: Callable[[str],
         timings[svc.label] += time.monotonic() - t0
         progress(f"{svc.label}: ready")
     return {"started": [s.label for s in started], "seconds": timings}
+
+
+def _preflight(svcs: list[Service]) -> None:
+    """Fail before starting anything if a port we need is held by a program that is not ours."""
+    for svc in svcs:
+        if svc.process.running():
+            continue
+        for port in svc.ports():
+            if port_in_use(svc.host, port):
+                raise StackError(
+                    f"{svc.label}: port {svc.host}:{port} is taken by {port_owner(port)}; stop it or move the stack "
+                    f"with FLEETPULSE_STACK_{svc.name.upper()}_PORT (log dir: {svc.dir})"
+                )
 
 
 def down(settings: StackSettings, wipe: bool = False) -> list[str]:

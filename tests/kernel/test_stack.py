@@ -1,0 +1,180 @@
+"""The local stack: real servers, real round trips with stock clients, idempotent lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+FLEETPULSE = [sys.executable, "-m", "fleetpulse.cli"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*FLEETPULSE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_status_json_has_the_documented_shape(stack):
+    proc = run_cli("stack", "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(proc.stdout)
+    assert state["kafka"]["bootstrap_servers"].startswith("127.0.0.1:")
+    assert state["mqtt"]["host"] == "127.0.0.1" and isinstance(state["mqtt"]["port"], int)
+    assert state["mongodb"]["uri"].startswith("mongodb://127.0.0.1:")
+    assert state["gcs"]["endpoint"].startswith("http://127.0.0.1:")
+    assert all(state[name]["running"] is True for name in ("kafka", "mqtt", "mongodb", "gcs"))
+
+
+def test_kafka_round_trip_with_a_stock_client(kafka_bootstrap, unique):
+    from confluent_kafka import Consumer, Producer
+
+    topic = f"test-roundtrip-{unique}"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, key=b"car-1", value=b"hello")
+    assert producer.flush(10) == 0
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    try:
+        deadline = time.monotonic() + 20
+        msg = None
+        while time.monotonic() < deadline and (msg is None or msg.error()):
+            msg = consumer.poll(0.5)
+        assert msg is not None and not msg.error()
+        assert (msg.key(), msg.value()) == (b"car-1", b"hello")
+    finally:
+        consumer.close()
+
+
+def test_project_topics_exist_with_their_partitions(kafka_bootstrap):
+    from confluent_kafka.admin import AdminClient
+
+    from fleetpulse.topics import TOPICS
+
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    for spec in TOPICS.values():
+        assert spec.name in topics
+        assert len(topics[spec.name].partitions) == spec.partitions
+
+
+def test_mqtt_round_trip_with_a_stock_client(mqtt_endpoint, unique):
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    got: list[bytes] = []
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda c, u, m: (got.append(m.payload), done.set())
+    client.connect(*mqtt_endpoint)
+    client.loop_start()
+    try:
+        client.subscribe(f"vehicles/sensor/data/{unique}", qos=1)
+        time.sleep(0.2)
+        client.publish(f"vehicles/sensor/data/{unique}", b"\x00payload", qos=1).wait_for_publish(5)
+        assert done.wait(5)
+        assert got == [b"\x00payload"]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_mongodb_wire_round_trip_with_pymongo(mongodb_uri, unique):
+    from pymongo import MongoClient
+
+    client = MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000)
+    coll = client["fleetpulse_test"][f"cars_{unique}"]
+    coll.update_one({"_id": "car-1"}, {"$set": {"status": "ok"}}, upsert=True)
+    assert coll.find_one({"_id": "car-1"}) == {"_id": "car-1", "status": "ok"}
+    coll.drop()
+
+
+def test_gcs_round_trip_and_generation_precondition(gcs_endpoint, unique):
+    from google.api_core.exceptions import PreconditionFailed
+
+    from fleetpulse.clients import gcs_client
+
+    client = gcs_client(gcs_endpoint)
+    blob = client.bucket("fleetpulse-models").blob(f"tests/{unique}/object")
+    blob.upload_from_string(b"v1", if_generation_match=0)
+    assert blob.download_as_bytes() == b"v1"
+    with pytest.raises(PreconditionFailed):
+        client.bucket("fleetpulse-models").blob(f"tests/{unique}/object").upload_from_string(b"v2", if_generation_match=0)
+    blob.delete()
+
+
+def test_stack_up_twice_is_harmless(stack):
+    proc = run_cli("stack", "up")
+    assert proc.returncode == 0, proc.stderr
+    assert "none, all were running" in proc.stdout
+
+
+@pytest.fixture
+def private_stack_env(tmp_path) -> dict:
+    """Env for a whole second stack on free ports, so lifecycle tests never touch the shared one."""
+    return {
+        "FLEETPULSE_STACK_STATE_DIR": str(tmp_path / "state"),
+        "FLEETPULSE_STACK_KAFKA_PORT": str(free_port()),
+        "FLEETPULSE_STACK_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "FLEETPULSE_STACK_MQTT_PORT": str(free_port()),
+        "FLEETPULSE_STACK_MONGODB_PORT": str(free_port()),
+        "FLEETPULSE_STACK_GCS_PORT": str(free_port()),
+        "FLEETPULSE_STACK_KAFKA_HEAP": "512m",
+    }
+
+
+@pytest.mark.slow
+def test_down_then_up_keeps_kafka_data_and_twins(stack, private_stack_env):
+    from confluent_kafka import Consumer, Producer
+    from pymongo import MongoClient
+
+    env = private_stack_env
+    try:
+        assert run_cli("stack", "up", env=env).returncode == 0
+        state = json.loads(run_cli("stack", "status", "--json", env=env).stdout)
+        bootstrap, uri = state["kafka"]["bootstrap_servers"], state["mongodb"]["uri"]
+        producer = Producer({"bootstrap.servers": bootstrap})
+        producer.produce("sensor-data", key=b"car-7", value=b"kept")
+        assert producer.flush(10) == 0
+        MongoClient(uri)["fleetpulse"]["cars"].insert_one({"_id": "car-7", "status": "failing"})
+
+        down = run_cli("stack", "down", env=env)
+        assert down.returncode == 0 and "kafka" in down.stdout
+        assert json.loads(run_cli("stack", "status", "--json", env=env).stdout)["kafka"]["running"] is False
+        assert run_cli("stack", "up", env=env).returncode == 0
+
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
+        consumer.subscribe(["sensor-data"])
+        values, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline and b"kept" not in values:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                values.append(msg.value())
+        consumer.close()
+        assert b"kept" in values
+        assert MongoClient(uri)["fleetpulse"]["cars"].find_one({"_id": "car-7"})["status"] == "failing"
+    finally:
+        run_cli("stack", "down", "--wipe", env=env)
+    assert not Path(env["FLEETPULSE_STACK_STATE_DIR"]).exists()
+
+
+def test_a_taken_port_fails_with_one_clear_line_before_starting_anything(private_stack_env):
+    env = private_stack_env
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(env["FLEETPULSE_STACK_MQTT_PORT"])))
+        squatter.listen()
+        proc = run_cli("stack", "up", env=env)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"port 127.0.0.1:{env['FLEETPULSE_STACK_MQTT_PORT']} is taken" in lines[0]
+    assert "FLEETPULSE_STACK_MQTT_PORT" in lines[0]
+    assert "Traceback" not in proc.stderr
+    status = json.loads(run_cli("stack", "status", "--json", env=env).stdout)
+    assert status["kafka"]["running"] is False  # nothing was started
