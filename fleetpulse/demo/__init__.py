@@ -1,0 +1,1 @@
+"""`fleetpulse demo`: the whole story on the local stack, and the report it writes."""
