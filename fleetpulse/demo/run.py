@@ -1,0 +1,290 @@
+"""The demo's stages, in order. Every part runs as its own `fleetpulse <command>` process, as it
+would run as its own container; the demo only starts them, waits, and reads back what they wrote."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fleetpulse import endpoints
+from fleetpulse.demo import collect, report
+from fleetpulse.demo.evaluation import evaluate
+from fleetpulse.demo.processes import Children, StageFailed, wait_http_ok
+from fleetpulse.stack import control
+from fleetpulse.stack.settings import StackSettings
+from fleetpulse.topics import ALERTS, GROUND_TRUTH, SENSOR_DATA
+
+
+@dataclass
+class DemoParams:
+    cars: int = 2000
+    rate: float = 5.0  # events per second per car
+    train_duration: float = 40.0  # seconds of stream the model trains on
+    duration: float = 60.0  # seconds of stream detection is measured on
+    sample_interval: float = 10.0  # simulated seconds per event (the original's 1 message / 10 s)
+    failures: float = 0.05
+    seed: int = 42
+    model: str = "autoencoder"
+    epochs: int = 8
+    min_f1: float = 0.0
+    http_port: int = 18080
+    grpc_port: int = 18081
+    out_dir: Path = Path("reports/demo")
+    keep_stack: bool = False
+    bridge_metrics_port: int = 19100
+    score_metrics_port: int = 19101
+    idle_s: float = 8.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return "car-anomaly" if self.model == "autoencoder" else "car-anomaly-lstm"
+
+
+class Demo:
+    def __init__(self, params: DemoParams, console: Console | None = None):
+        self.p = params
+        self.console = console or Console(stderr=True)
+        self.stack_settings = StackSettings()
+        self.children = Children(params.out_dir / "logs")
+        self.stages: dict[str, float] = {}
+        self.run_id = uuid.uuid4().hex[:8]
+        self.bootstrap = endpoints.KAFKA_BOOTSTRAP
+
+    def stage(self, name: str, fn: Callable):
+        self.console.rule(f"[bold]{name}")
+        t0 = time.monotonic()
+        result = fn()
+        self.stages[name] = time.monotonic() - t0
+        self.console.print(f"[green]✓[/] {name} in {self.stages[name]:.1f}s")
+        return result
+
+    def run(self) -> dict:
+        t_start = time.monotonic()
+        try:
+            self.stage("stack up", self._stack_up)
+            self.stage("bridge", self._start_bridge)
+            train_sim = self.stage("simulate: training stretch", lambda: self._simulate(self.p.train_duration, self.p.seed))
+            trained = self.stage("train (KFP pipeline)", lambda: self._train(train_sim))
+            self.stage("model server", self._start_server)
+            self.stage("transformer", self._start_scorer)
+            live_sim = self.stage("simulate: detection stretch", lambda: self._simulate(self.p.duration, self.p.seed + 1))
+            scored = self.stage("drain transformer", self._drain)
+            run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
+            run["stages_s"] = {k: round(v, 1) for k, v in self.stages.items()}
+            run["wall_time_s"] = round(time.monotonic() - t_start, 1)
+            run["events_published"] = train_sim.get("events_sent", 0) + live_sim.get("events_sent", 0)
+            ev = run.pop("_evaluation")
+            return report.write(self.p.out_dir, run, ev)
+        finally:
+            self.sampling = False
+            self.children.stop_all()
+            if not self.p.keep_stack:
+                control.down(self.stack_settings)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _stack_up(self) -> None:
+        control.up(self.stack_settings, progress=lambda msg: self.console.print(f"  {msg}", style="dim"))
+
+    def _start_bridge(self) -> None:
+        env = {"FLEETPULSE_BRIDGE_QOS": "0", "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.p.bridge_metrics_port),
+               "FLEETPULSE_BRIDGE_CLIENT_ID": f"fleetpulse-demo-bridge-{self.run_id}"}  # fmt: skip
+        self.children.start("bridge", "bridge", env=env)
+        wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
+
+    def _simulate(self, duration: float, seed: int) -> dict:
+        before = collect.high_watermarks(self.bootstrap, SENSOR_DATA)
+        t0 = int(time.time() * 1000)
+        summary = self.children.run_json(
+            f"simulate-{seed}",
+            "simulate", "--cars", str(self.p.cars), "--rate", str(self.p.rate), "--duration", str(duration), "--seed", str(seed),
+            "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "0", "--json",
+        )  # fmt: skip
+        self._wait_bridge_idle()
+        summary["window"] = {"from_ts": t0, "to_ts": int(time.time() * 1000), "start_offsets": before,
+                             "end_offsets": collect.high_watermarks(self.bootstrap, SENSOR_DATA)}  # fmt: skip
+        return summary
+
+    def _wait_bridge_idle(self, quiet_s: float = 1.5, timeout: float = 60) -> None:
+        """The simulator is done when it has published; wait until the bridge has forwarded it all."""
+        last, since, deadline = None, time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = sum(collect.high_watermarks(self.bootstrap, SENSOR_DATA).values())
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.3)
+
+    def _train(self, train_sim: dict) -> dict:
+        w = train_sim["window"]
+        return self.children.run_json(
+            "train", "train", "--model", self.p.model, "--epochs", str(self.p.epochs), "--min-f1", str(self.p.min_f1), "--json",
+            "--from-ts", str(w["from_ts"]), "--to-ts", str(w["to_ts"]),
+        )  # fmt: skip
+
+    def _start_server(self) -> None:
+        self.children.start("serve", "serve", "--http-port", str(self.p.http_port), "--grpc-port", str(self.p.grpc_port), "--model", self.p.model_name)
+        wait_http_ok(f"http://127.0.0.1:{self.p.http_port}/v2/models/{self.p.model_name}/ready", 180, alive=lambda: self.children.check_alive("serve"))
+
+    def _start_scorer(self) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.start_offsets = {t: collect.high_watermarks(self.bootstrap, t) for t in (SENSOR_DATA, ALERTS, GROUND_TRUTH)}
+        self.group = f"fleetpulse-demo-{self.run_id}"
+        # Position the new group exactly at the start of the detection stretch before the scorer joins.
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(SENSOR_DATA, p, o) for p, o in self.start_offsets[SENSOR_DATA].items()], asynchronous=False)
+        c.close()
+        env = {"FLEETPULSE_SCORE_GROUP_ID": self.group, "FLEETPULSE_SCORE_MODEL_GRPC": f"127.0.0.1:{self.p.grpc_port}",
+               "FLEETPULSE_SCORE_MODEL_NAME": self.p.model_name, "FLEETPULSE_SCORE_METRICS_PORT": str(self.p.score_metrics_port)}  # fmt: skip
+        self.children.start("score", "score", "--until-idle", str(self.p.idle_s), "--json", env=env)
+        wait_http_ok(f"http://127.0.0.1:{self.p.score_metrics_port}/metrics", 90, alive=lambda: self.children.check_alive("score"))
+        self.t_detect_start = time.time()
+        self.throughput: list[tuple[float, float]] = []
+        self.sampling = True
+        threading.Thread(target=self._sample_throughput, daemon=True).start()
+
+    def _sample_throughput(self) -> None:
+        prev_t, prev_n = time.time(), self._scored()
+        while self.sampling:
+            time.sleep(1.0)
+            t, n = time.time(), self._scored()
+            self.throughput.append((round(t - self.t_detect_start, 1), (n - prev_n) / (t - prev_t)))
+            prev_t, prev_n = t, n
+
+    def _drain(self) -> dict:
+        proc = self.children.procs["score"]
+        end = collect.high_watermarks(self.bootstrap, SENSOR_DATA)
+        total = sum(end.values()) - sum(self.start_offsets[SENSOR_DATA].values())
+        with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console) as bar:
+            task = bar.add_task("score", total=total)
+            while proc.poll() is None:
+                bar.update(task, completed=min(total, self._scored()))
+                time.sleep(0.5)
+            bar.update(task, completed=min(total, self._scored()))
+        self.sampling = False
+        self.children.procs.pop("score", None)
+        if proc.returncode != 0:
+            raise StageFailed(f"transformer exited with {proc.returncode} (log: {self.children.log_dir / 'score.log'})")
+        lines = [line for line in (self.children.log_dir / "score.log").read_text().splitlines() if line.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+
+    def _scored(self) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False})
+        try:
+            parts = [TopicPartition(SENSOR_DATA, p) for p in self.start_offsets[SENSOR_DATA]]
+            committed = c.committed(parts, timeout=5)
+            return sum(max(0, tp.offset - self.start_offsets[SENSOR_DATA][tp.partition]) for tp in committed if tp.offset >= 0)
+        finally:
+            c.close()
+
+    def _collect(self, trained: dict, live_sim: dict, scored: dict) -> dict:
+        end = {t: collect.high_watermarks(self.bootstrap, t) for t in (SENSOR_DATA, ALERTS, GROUND_TRUTH)}
+        start = self.start_offsets
+        log = collect.event_log(self.bootstrap, SENSOR_DATA, start[SENSOR_DATA], end[SENSOR_DATA])
+        alerts = collect.alerts(self.bootstrap, ALERTS, start[ALERTS], end[ALERTS])
+        truth = collect.truth(self.bootstrap, GROUND_TRUTH, start[GROUND_TRUTH], end[GROUND_TRUTH])
+        ev = evaluate(log, alerts, truth)
+        cars = sorted(set(log.car.tolist()))
+        twins = self._count_twins(cars)
+        latencies = [a["alert_ts_ms"] - a["event_ts_ms"] for a in alerts]
+        lat_timeline = _p99_timeline(alerts, self.t_detect_start)
+        metrics = trained.get("metrics", {})
+        return {
+            "cars": len(cars),
+            "alerts": len(alerts),
+            "twins": twins,
+            "latencies_ms": latencies,
+            "latency_timeline": lat_timeline,
+            "throughput": self.throughput,
+            "events_per_s": scored.get("events_per_s"),
+            "scorer": scored,
+            "model_uri": trained.get("model_uri"),
+            "model_version": trained.get("version"),
+            "threshold": trained.get("threshold") or metrics.get("threshold"),
+            "training": {"records": trained.get("records"), "metrics": metrics},
+            "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.p).items() if k != "extra"},
+            "score_traces": self._score_traces(log, truth, end),
+            "_evaluation": ev,
+        }
+
+    def _count_twins(self, cars: list[str]) -> int:
+        from fleetpulse.clients import mongo_client
+        from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
+
+        client = mongo_client(endpoints.MONGODB_URI)
+        try:
+            coll = client[TWIN_DATABASE][TWIN_COLLECTION]
+            found = 0
+            for i in range(0, len(cars), 500):
+                found += coll.count_documents({"_id": {"$in": cars[i : i + 500]}, "last_seen_ms": {"$gte": int(self.t_detect_start * 1000) - 60_000}})
+            return found
+        finally:
+            client.close()
+
+    def _score_traces(self, log, truth, end) -> dict:
+        """Scores of a few failing and healthy cars' events, asked from the model server over V2 REST."""
+        from fleetpulse.codec import decode_batch
+        from fleetpulse.ground_truth import HEALTHY, latest_by_car
+
+        histories = latest_by_car(truth)
+        failing = [c for c, h in histories.items() if any(r.mode != HEALTHY for r in h)][:4]
+        healthy = [c for c, h in histories.items() if all(r.mode == HEALTHY for r in h)][:2]
+        wanted = set(failing + healthy)
+        payloads: dict[str, list[bytes]] = {c: [] for c in wanted}
+        for batch in collect.read_range(self.bootstrap, SENSOR_DATA, self.start_offsets[SENSOR_DATA], end[SENSOR_DATA]):
+            for m in batch:
+                car = m.key().decode()
+                if car in wanted:
+                    payloads[car].append(m.value())
+        traces = {}
+        for car in failing + healthy:
+            batch = decode_batch(payloads[car])
+            rows = batch.values[batch.valid]
+            scores = self._infer(rows)
+            if scores is None:
+                return {}
+            onset = next((r for r in histories[car] if r.mode != HEALTHY), None)
+            onset_seq = None
+            if onset is not None:
+                ts = np.sort(log.ts_ms[log.car == car])
+                onset_seq = int(np.searchsorted(ts, onset.onset_ts))
+            traces[car] = {"seq": list(range(len(scores))), "score": [float(s) for s in scores], "onset_seq": onset_seq,
+                           "mode": onset.mode if onset else HEALTHY}  # fmt: skip
+        return traces
+
+    def _infer(self, rows):
+        import urllib.error
+        import urllib.request
+
+        if self.p.model != "autoencoder" or not len(rows):
+            return None  # the LSTM needs per-car windows; traces are drawn for the autoencoder
+        body = {"id": uuid.uuid4().hex, "inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}]}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.p.http_port}/v2/models/{self.p.model_name}/infer", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                out = json.loads(resp.read())
+        except (urllib.error.URLError, OSError):
+            return None
+        return next(o["data"] for o in out["outputs"] if o["name"] == "score")
+
+
+def _p99_timeline(alerts: list[dict], t0: float, bucket_s: float = 5.0) -> list[tuple[float, float]]:
+    buckets: dict[int, list[int]] = {}
+    for a in alerts:
+        b = int((a["event_ts_ms"] / 1000 - t0) // bucket_s)
+        buckets.setdefault(b, []).append(a["alert_ts_ms"] - a["event_ts_ms"])
+    return [(b * bucket_s, float(np.percentile(v, 99))) for b, v in sorted(buckets.items()) if b >= 0]
