@@ -1,0 +1,1 @@
+"""MQTT -> Kafka bridge: shared-subscription MQTT 5 consumer, at-least-once into `sensor-data`."""

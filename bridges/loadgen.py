@@ -1,0 +1,243 @@
+"""Load generation and end-to-end counting for the bridge's bench and fault tests.
+
+Not used by the bridge itself. Payloads come from fleetpulse.codec.encode_batch with a sequence
+number in column 0 (exact in float32 below 2**24), so every message can be found in Kafka again.
+The publisher writes pre-built PUBLISH packets to a plain socket, so it costs the shared CPUs far
+less than the bridge it feeds; QoS 1 keeps within the broker's Receive Maximum and, after a
+broker restart, reconnects and resends everything not yet acknowledged.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bridges import mqtt_wire as wire
+from fleetpulse.codec import decode_batch, encode_batch
+from fleetpulse.contract import MQTT_TOPIC_PREFIX, N_FEATURES
+
+
+def payloads(n: int, start_seq: int = 0, seed: int = 0) -> list[bytes]:
+    """``n`` valid cardata-v1 payloads; column 0 carries the sequence number start_seq .. start_seq+n-1."""
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0, 100, size=(n, N_FEATURES))
+    values[:, 9:13] = rng.integers(28, 36, size=(n, 4))
+    values[:, 17] = rng.integers(1000, 2000, size=n)
+    values[:, 0] = np.arange(start_seq, start_seq + n)
+    return encode_batch(values)
+
+
+def sequence_numbers(values: list[bytes]) -> np.ndarray:
+    """Sequence numbers (column 0) of payloads read back from Kafka; -1 for undecodable ones."""
+    decoded = decode_batch(values)
+    return np.where(decoded.valid, decoded.values[:, 0], -1).astype(np.int64)
+
+
+def garbage(n: int, seed: int = 1) -> list[bytes]:
+    """Payloads that fail validation in each way the DLQ must name: framing, schema id, Avro body."""
+    rng = np.random.default_rng(seed)
+    good = payloads(1)[0]
+    kinds = [
+        lambda: b"",  # truncated header
+        lambda: b"\x07" + good[1:],  # bad magic byte
+        lambda: good[:1] + (99).to_bytes(4, "big") + good[5:],  # unknown schema id
+        lambda: good[:20],  # truncated Avro body
+        lambda: good + b"\x00\x01",  # trailing bytes
+        lambda: bytes(rng.integers(0, 256, size=int(rng.integers(1, 120)), dtype=np.uint8)),
+    ]
+    return [kinds[i % len(kinds)]() for i in range(n)]
+
+
+def packets(bodies: list[bytes], cars: int, prefix: str, qos: int) -> list[bytes]:
+    """PUBLISH packets spreading ``bodies`` round-robin over ``cars`` car ids ``<prefix>-<n>``."""
+    topics = [f"{MQTT_TOPIC_PREFIX}{prefix}-{i:05d}".encode() for i in range(cars)]
+    return [wire.publish_packet(topics[i % cars], body, qos, (i % 65535) + 1) for i, body in enumerate(bodies)]
+
+
+@dataclass
+class PublishReport:
+    sent: int = 0
+    acked: int = 0
+    reconnects: int = 0
+    started: float = 0.0  # wall clock
+    finished: float = 0.0
+    chunk_times: list[tuple[int, float]] = field(default_factory=list)  # (first index, wall clock when written)
+
+
+class Publisher:
+    """An MQTT 5 publisher on a raw socket; ``publish`` sends pre-built packets at a rate or flat out."""
+
+    def __init__(self, host: str, port: int, qos: int = 0, client_id: str | None = None, window: int = 900):
+        self.host, self.port, self.qos = host, port, qos
+        self.client_id = client_id or f"fleetpulse-loadgen-{uuid.uuid4().hex[:8]}"
+        self.window = window  # Mosquitto's Receive Maximum is 1000 in our config; exceeding it is a protocol error
+        self.sock: socket.socket | None = None
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), timeout=5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(wire.connect_packet(self.client_id, keepalive_s=60, clean_start=True))
+        data, parsed = b"", wire.Parsed()
+        while not parsed.control:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("broker closed the connection during CONNECT")
+            data += chunk
+            wire.parse_stream(data, parsed)
+        _, reason, props = wire.parse_connack(parsed.control[0][2])
+        if reason >= 0x80:
+            raise ConnectionError(f"CONNACK reason {reason:#04x}")
+        self.window = min(self.window, int(props.get(wire.PROP_RECEIVE_MAXIMUM, 65535)) - 10)
+        sock.settimeout(30)
+        self.sock = sock
+
+    def publish(self, pkts: list[bytes], rate: float | None = None, chunk: int = 500, reconnect_for_s: float = 0.0) -> PublishReport:
+        """Send ``pkts`` (at ``rate`` messages/s if given); for QoS 1 return once all are acknowledged.
+
+        With ``reconnect_for_s`` a lost connection is re-opened (for up to that long) and every packet
+        not yet acknowledged is sent again, so QoS 1 delivery survives a broker restart (duplicates possible).
+        """
+        rep = PublishReport(started=time.time())
+        if self.sock is None:
+            self.connect()
+        t0 = time.monotonic()
+        while rep.acked < len(pkts):
+            try:
+                self._run(pkts, rep, rate, chunk, t0)
+            except OSError:
+                if not reconnect_for_s or self.qos == 0:
+                    raise
+                self._reconnect(rep, reconnect_for_s)
+        rep.finished = time.time()
+        return rep
+
+    def _run(self, pkts, rep: PublishReport, rate, chunk, t0) -> None:
+        n = len(pkts)
+        pending = b""
+        while rep.acked < n:
+            if rep.sent < n and (self.qos == 0 or rep.sent - rep.acked < self.window):
+                k = chunk if self.qos == 0 else min(chunk, self.window - (rep.sent - rep.acked))
+                k = min(k, n - rep.sent)
+                if rate:
+                    delay = t0 + rep.sent / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                rep.chunk_times.append((rep.sent, time.time()))
+                self.sock.sendall(b"".join(pkts[rep.sent : rep.sent + k]))  # type: ignore[union-attr]
+                rep.sent += k
+                if self.qos == 0:
+                    rep.acked = rep.sent
+                    continue
+            data = self.sock.recv(65536)  # type: ignore[union-attr]
+            if not data:
+                raise ConnectionError("broker closed the connection")
+            pending += data
+            parsed = wire.Parsed()
+            pending = pending[wire.parse_stream(pending, parsed) :]
+            rep.acked += sum(1 for c in parsed.control if c[0] == wire.PUBACK)
+
+    def _reconnect(self, rep: PublishReport, for_s: float) -> None:
+        self.close()
+        deadline = time.monotonic() + for_s
+        while True:
+            try:
+                self.connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        rep.reconnects += 1
+        rep.sent = rep.acked  # Mosquitto acks in order: everything after the last PUBACK is sent again
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.sendall(wire.DISCONNECT_PACKET)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+
+
+def kafka_end_offsets(bootstrap: str, topic: str) -> int:
+    """Total records in ``topic`` (sum of high watermarks): cheap progress counting without consuming."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fleetpulse-count-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
+
+
+def wait_for_count(bootstrap: str, topic: str, expected: int, timeout_s: float, poll_s: float = 0.2) -> tuple[int, float]:
+    """Poll end offsets until ``expected`` records are in ``topic``; return (count, wall clock when reached)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fleetpulse-count-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + timeout_s
+        count = 0
+        while time.monotonic() < deadline:
+            meta = c.list_topics(topic, timeout=10).topics[topic]
+            count = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in meta.partitions)
+            if count >= expected:
+                return count, time.time()
+            time.sleep(poll_s)
+        return count, time.time()
+    finally:
+        c.close()
+
+
+@dataclass
+class Records:
+    keys: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, bytes]] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    received_at: list[float] = field(default_factory=list)
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, idle_s: float = 3.0) -> Records:
+    """Read ``topic`` from the start until ``expected`` records, then until ``idle_s`` without new ones."""
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"fleetpulse-read-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    out = Records()
+    c.subscribe([topic])
+    deadline = time.monotonic() + timeout_s
+    idle_since = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            msgs = c.consume(10_000, 0.2)
+            now = time.time()
+            if not msgs:
+                if len(out.values) >= expected and time.monotonic() - idle_since > idle_s:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for m in msgs:
+                if m.error():
+                    continue
+                out.keys.append(m.key())
+                out.values.append(m.value())
+                out.headers.append(dict(m.headers() or []))
+                out.timestamps.append(m.timestamp()[1])
+                out.received_at.append(now)
+    finally:
+        c.close()
+    return out

@@ -1,0 +1,179 @@
+"""One MQTT 5 subscriber connection per broker: connect, resume the session, read in bulk, ack in batches.
+
+The socket is driven by the bridge loop (select); nothing here runs a thread. A connection that
+drops is marked down and reconnected by the loop with backoff; the broker keeps the session
+(clean start false, session expiry set) and redelivers every QoS 1 message we have not acked.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+
+from bridges import mqtt_wire as wire
+
+log = logging.getLogger("fleetpulse.bridge.mqtt")
+
+
+class MqttSource:
+    """A subscriber connection to one broker; ``read()`` returns parsed PUBLISH packets."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        topic_filter: str,
+        qos: int,
+        keepalive_s: int = 30,
+        session_expiry_s: int = 3600,
+        receive_maximum: int = 10_000,
+        username: str | None = None,
+        password: str | None = None,
+        read_bytes: int = 1 << 20,
+        connect_timeout_s: float = 5.0,
+    ):
+        self.host, self.port = host, port
+        self.name = f"{host}:{port}"
+        self.client_id, self.topic_filter, self.qos = client_id, topic_filter, qos
+        self.keepalive_s, self.session_expiry_s, self.receive_maximum = keepalive_s, session_expiry_s, receive_maximum
+        self.username, self.password = username, password
+        self.read_bytes, self.connect_timeout_s = read_bytes, connect_timeout_s
+        self.sock: socket.socket | None = None
+        self.generation = 0  # bumps on every connect; acks from an older connection are dropped
+        self.session_present = False
+        self.ack_queue: deque = deque()  # AckBatch objects in receipt order (MQTT 5 wants PUBACKs in order)
+        self.acks_sent = 0
+        self._rest = b""
+        self._pending: wire.Parsed | None = None
+        self._last_recv = self._last_ping = 0.0
+        self._backoff = 0.2
+        self.next_attempt = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()  # type: ignore[union-attr]
+
+    def connect(self) -> None:
+        """Open the socket, CONNECT (resuming the session) and SUBSCRIBE; raise OSError/ProtocolError on failure."""
+        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(
+                wire.connect_packet(
+                    self.client_id,
+                    keepalive_s=self.keepalive_s,
+                    clean_start=False,
+                    session_expiry_s=self.session_expiry_s,
+                    receive_maximum=self.receive_maximum,
+                    username=self.username,
+                    password=self.password,
+                )
+            )
+            parsed, rest = self._read_until(sock, wire.CONNACK)
+            _, _, body = next(c for c in parsed.control if c[0] == wire.CONNACK)
+            self.session_present, reason, props = wire.parse_connack(body)
+            if reason >= 0x80:
+                text = props.get(wire.PROP_REASON_STRING, b"").decode(errors="replace")
+                raise wire.ProtocolError(f"CONNACK reason {reason:#04x} {text}".strip())
+            # Subscribing again on a resumed session is harmless and covers an expired one.
+            sock.sendall(wire.subscribe_packet(1, self.topic_filter, self.qos))
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(10.0)  # reads happen after select; the timeout bounds a blocked ack write
+        parsed.control = [c for c in parsed.control if c[0] != wire.CONNACK]
+        self.sock, self._rest, self._pending = sock, rest, parsed
+        self.generation += 1
+        self.ack_queue.clear()
+        self._last_recv = self._last_ping = time.monotonic()
+        self._backoff = 0.2
+        log.info("connected to %s as %s (session present: %s)", self.name, self.client_id, self.session_present)
+
+    def _read_until(self, sock: socket.socket, packet_type: int) -> tuple[wire.Parsed, bytes]:
+        parsed, data = wire.Parsed(), b""
+        deadline = time.monotonic() + self.connect_timeout_s
+        while not any(c[0] == packet_type for c in parsed.control):
+            if time.monotonic() > deadline:
+                raise wire.ProtocolError(f"no CONNACK from {self.name} within {self.connect_timeout_s}s")
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"{self.name} closed the connection during CONNECT")
+            data += chunk
+            data = data[wire.parse_stream(data, parsed) :]
+        return parsed, data
+
+    def read(self) -> wire.Parsed:
+        """Read what the socket has (call when select says readable) and parse it."""
+        out = self._pending or wire.Parsed()
+        self._pending = None
+        chunk = self.sock.recv(self.read_bytes)  # type: ignore[union-attr]
+        if not chunk:
+            raise ConnectionError(f"{self.name} closed the connection")
+        self._last_recv = time.monotonic()
+        data = self._rest + chunk if self._rest else chunk
+        self._rest = data[wire.parse_stream(data, out) :]
+        if out.control:
+            self._handle_control(out.control)
+        return out
+
+    def take_pending(self) -> wire.Parsed | None:
+        """PUBLISH packets that arrived together with the CONNACK (queued messages of a resumed session)."""
+        out, self._pending = self._pending, None
+        return out
+
+    def _handle_control(self, control: list[tuple[int, int, bytes]]) -> None:
+        for ptype, _, body in control:
+            if ptype == wire.SUBACK:
+                _, codes = wire.parse_suback(body)
+                if any(code >= 0x80 for code in codes):
+                    raise wire.ProtocolError(f"{self.name} refused the subscription {self.topic_filter!r} (reason {codes[0]:#04x})")
+            elif ptype == wire.DISCONNECT:
+                reason = body[0] if body else 0
+                raise ConnectionError(f"{self.name} sent DISCONNECT (reason {reason:#04x})")
+
+    def flush_acks(self) -> None:
+        """Send PUBACKs for the leading batches Kafka has confirmed, in receipt order, as one write."""
+        queue = self.ack_queue
+        if not queue or queue[0].left:
+            return
+        ids: list[int] = []
+        while queue and not queue[0].left:
+            ids.extend(queue.popleft().packet_ids)
+        if ids and self.sock is not None:
+            self.sock.sendall(wire.puback_packets(ids))
+            self.acks_sent += len(ids)
+
+    def tick(self, now: float) -> None:
+        """Keepalive: ping at half the interval; a broker silent for 1.5 intervals is dead."""
+        if now - self._last_recv > 1.5 * self.keepalive_s:
+            raise ConnectionError(f"{self.name} silent for {now - self._last_recv:.0f}s (keepalive)")
+        if now - self._last_ping >= self.keepalive_s / 2:
+            self.sock.sendall(wire.PINGREQ_PACKET)  # type: ignore[union-attr]
+            self._last_ping = now
+
+    def drop(self, reason: str) -> None:
+        """Close after an error; un-acked messages stay in the broker's session and come back."""
+        if self.sock is not None:
+            log.warning("connection to %s lost: %s", self.name, reason)
+            self.sock.close()
+        self.sock, self._rest, self._pending = None, b"", None
+        self.ack_queue.clear()
+        self.next_attempt = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 5.0)
+
+    def close(self) -> None:
+        """Normal DISCONNECT: the session (and its queue) survives for session_expiry_s."""
+        if self.sock is not None:
+            try:
+                self.sock.sendall(wire.DISCONNECT_PACKET)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None

@@ -1,0 +1,64 @@
+"""Bridge settings (env prefix ``FLEETPULSE_BRIDGE_``), defaults for the local stack."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetpulse import endpoints
+from fleetpulse.contract import MQTT_TOPIC_PREFIX
+from fleetpulse.errors import SettingsError
+from fleetpulse.settings import parse_hostports
+from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ
+
+
+class BridgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEETPULSE_BRIDGE_", extra="ignore")
+
+    mqtt_brokers: str = endpoints.MQTT_BROKERS
+    """Comma list of host:port; the bridge subscribes on each (cars may be spread over several brokers)."""
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    kafka_bootstrap_servers: str = endpoints.KAFKA_BOOTSTRAP
+    topic: str = SENSOR_DATA
+    dlq_topic: str = SENSOR_DATA_DLQ
+    qos: int = Field(1, ge=0, le=1)
+    share_group: str = Field("fleetpulse", pattern=r"^[^/#+]+$")
+    client_id: str = Field(default_factory=lambda: f"fleetpulse-bridge-{socket.gethostname()}", min_length=1, max_length=200)
+    """Stable across restarts (the persistent session is keyed by it); distinct per bridge process."""
+    session_expiry_s: int = Field(3600, ge=0)
+    keepalive_s: int = Field(30, ge=5, le=300)
+    receive_maximum: int = Field(10_000, ge=1, le=65535)
+    """QoS 1 messages the broker may have un-acked towards us (MQTT 5 Receive Maximum)."""
+    max_in_flight: int = Field(50_000, ge=100)
+    """Messages read from MQTT but not yet confirmed by Kafka; above it the bridge stops reading."""
+    read_bytes: int = Field(1 << 20, ge=4096)
+    """Bytes read from a broker socket per recv(): one read is one validate-and-produce batch."""
+    kafka_linger_ms: float = Field(5.0, ge=0)
+    kafka_batch_messages: int = Field(10_000, ge=1)
+    kafka_batch_bytes: int = Field(1_000_000, ge=1)
+    kafka_compression: Literal["none", "lz4", "snappy", "zstd", "gzip"] = "lz4"
+    kafka_delivery_timeout_ms: int = Field(120_000, ge=1000)
+    """librdkafka message.timeout.ms; a timed-out record is produced again, never acked to MQTT."""
+    metrics_port: int = Field(9100, ge=0, le=65535)
+    """Prometheus /metrics port; 0 disables."""
+
+    @field_validator("mqtt_brokers")
+    @classmethod
+    def _brokers_parse(cls, value: str) -> str:
+        try:
+            parse_hostports(value, 1883)
+        except SettingsError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def broker_endpoints(self) -> list[tuple[str, int]]:
+        return parse_hostports(self.mqtt_brokers, 1883)
+
+    @property
+    def topic_filter(self) -> str:
+        return f"$share/{self.share_group}/{MQTT_TOPIC_PREFIX}+"
