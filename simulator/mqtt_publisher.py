@@ -1,0 +1,282 @@
+"""Publish-only MQTT 3.1.1 connections on asyncio that take pre-built PUBLISH batches.
+
+One ``Connection`` per MQTT session; many cars may share one. It checks CONNACK, pings every
+keepalive/2 and drops a connection that stays silent for two keepalives, reconnects with backoff
+when the broker goes away, and at QoS 1 keeps every PUBLISH until its PUBACK arrives and resends the
+unacked ones (DUP set, same packet id) after a reconnect, so nothing published is lost.
+
+paho-mqtt costs 10-20 us of Python per publish(); here a batch of a block's packets is one
+``transport.write`` and per-message Python is limited to QoS 1 bookkeeping (a dict entry per packet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fleetpulse.errors import BrokerUnavailable
+from simulator import mqtt_wire as wire
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux; Python 3.12 names it
+QOS1_WINDOW = 20_000
+"""Max unacked QoS 1 packets per connection: keeps 16-bit packet ids unique (acks come in order)."""
+
+
+@dataclass
+class PublishStats:
+    sent: int = 0  # PUBLISH packets written (QoS 1: first transmission)
+    acked: int = 0
+    dropped: int = 0  # QoS 0 packets that found their connection down
+    resent: int = 0
+    reconnects: int = 0
+    connect_errors: int = 0
+    last_error: str = ""
+    open_connections: int = 0
+
+
+@dataclass
+class Endpoint:
+    host: str
+    port: int
+    source: str | None = None  # bind to this local address (spreads > 28k connections over 127.0.0.x)
+
+
+class Connection(asyncio.Protocol):
+    """One MQTT session: write batches, track QoS 1 acks, reconnect."""
+
+    def __init__(self, client_id: str, endpoint: Endpoint, stats: PublishStats, keepalive_s: int = 60, connect_timeout_s: float = 10.0):
+        self.client_id, self.endpoint, self.stats = client_id, endpoint, stats
+        self.keepalive_s, self.connect_timeout_s = keepalive_s, connect_timeout_s
+        self.transport: asyncio.Transport | None = None
+        self.connected = False
+        self.closing = False
+        self.inflight: dict[int, bytes] = {}  # pid -> packet, insertion (= send) order
+        self.next_pid = 1
+        self._buf = bytearray()
+        self._connack: asyncio.Future | None = None
+        self._ready = asyncio.Event()  # not paused and the QoS 1 window has room
+        self._paused = False
+        self._reconnecting: asyncio.Task | None = None
+        self.last_recv = time.monotonic()
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        self._buf.clear()
+
+    def data_received(self, data: bytes):
+        self._buf += data
+        packets, used = wire.split_packets(self._buf)
+        del self._buf[:used]
+        self.last_recv = time.monotonic()
+        inflight = self.inflight
+        for ptype, _flags, body in packets:
+            if ptype == wire.PUBACK:
+                if inflight.pop((body[0] << 8) | body[1], None) is not None:
+                    self.stats.acked += 1
+            elif ptype == wire.CONNACK and self._connack is not None and not self._connack.done():
+                self._connack.set_result(body[1])
+        if packets:
+            self._update_ready()
+
+    def connection_lost(self, exc):
+        was = self.connected
+        self.connected = False
+        self.transport = None
+        self._paused = False
+        self._update_ready()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionError(str(exc or "connection closed before CONNACK")))
+        if was:
+            self.stats.open_connections -= 1
+            if not self.closing:
+                self.stats.last_error = f"{self.client_id}: connection lost ({exc or 'closed by broker'})"
+                self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    def pause_writing(self):
+        self._paused = True
+        self._ready.clear()
+
+    def resume_writing(self):
+        self._paused = False
+        self._update_ready()
+
+    # --- connecting -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect and wait for a successful CONNACK; raise OSError/ConnectionError otherwise."""
+        loop = asyncio.get_running_loop()
+        ep = self.endpoint
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ep.source:
+                # Pick the port at connect() time so each source address serves ~28k connections per broker.
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((ep.source, 0))
+            await asyncio.wait_for(loop.sock_connect(sock, (ep.host, ep.port)), self.connect_timeout_s)
+            self._connack = loop.create_future()
+            await loop.create_connection(lambda: self, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self.transport.write(wire.connect_packet(self.client_id, self.keepalive_s))
+        try:
+            code = await asyncio.wait_for(self._connack, self.connect_timeout_s)
+        except BaseException:
+            if self.transport is not None:
+                self.transport.abort()
+            raise
+        if code != 0:
+            self.transport.abort()
+            raise ConnectionError(f"CONNACK refused: {wire.CONNACK_REASONS.get(code, code)}")
+        self.connected = True
+        self.last_recv = time.monotonic()
+        self.stats.open_connections += 1
+        if self.inflight:
+            # Resend every unacked QoS 1 packet, in order, flagged as a duplicate.
+            self.transport.write(b"".join(wire.set_dup(p) for p in self.inflight.values()))
+            self.stats.resent += len(self.inflight)
+        self._update_ready()
+
+    async def _reconnect(self) -> None:
+        delay = 0.2
+        while not self.closing and not self.connected:
+            await asyncio.sleep(delay)
+            try:
+                await self.open()
+                self.stats.reconnects += 1
+                return
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                self.stats.connect_errors += 1
+                self.stats.last_error = f"{self.client_id}: reconnect to {self.endpoint.host}:{self.endpoint.port} failed ({exc})"
+                delay = min(delay * 2, 5.0)
+
+    # --- publishing -------------------------------------------------------------------------------
+    def _update_ready(self) -> None:
+        # Not waiting for the connection itself: QoS 0 counts drops while it is down and QoS 1 queues
+        # into the window (resent on reconnect), so one dead connection does not stall the fleet.
+        if not self._paused and len(self.inflight) < QOS1_WINDOW:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def take_pids(self, n: int) -> np.ndarray:
+        pids = (self.next_pid - 1 + np.arange(n)) % 65535 + 1
+        self.next_pid = int(pids[-1]) % 65535 + 1 if n else self.next_pid
+        return pids
+
+    def publish_qos0(self, data: bytes, count: int) -> None:
+        if self.connected:
+            self.transport.write(data)
+            self.stats.sent += count
+        else:
+            self.stats.dropped += count
+
+    def publish_qos1(self, data: bytes, pids: np.ndarray, size: int, packets: list[bytes] | None = None) -> None:
+        """Record packets as in flight (sliced from ``data`` when they are ``size`` bytes each), then send."""
+        if packets is None:
+            packets = [data[i : i + size] for i in range(0, len(data), size)]
+        self.inflight.update(zip(pids.tolist(), packets))
+        if self.connected:
+            self.transport.write(data)
+        self.stats.sent += len(packets)
+        self._update_ready()
+
+    def ping_if_due(self, now: float) -> None:
+        if not self.connected:
+            return
+        if now - self.last_recv > 2 * self.keepalive_s:
+            self.stats.last_error = f"{self.client_id}: no PINGRESP for {2 * self.keepalive_s}s; reconnecting"
+            self.transport.abort()  # connection_lost schedules the reconnect
+            return
+        self.transport.write(wire.PINGREQ)
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        if self.connected and self.transport is not None:
+            self.transport.write(wire.DISCONNECT)
+            self.transport.close()
+
+
+class Pool:
+    """The connections of one process, opened up front, with a keepalive task."""
+
+    def __init__(self, conns: list[Connection], stats: PublishStats, open_concurrency: int = 256):
+        self.conns, self.stats = conns, stats
+        self.open_concurrency = open_concurrency
+        self._pinger: asyncio.Task | None = None
+
+    async def open(self) -> None:
+        """Open every connection; the first that cannot connect raises BrokerUnavailable."""
+        sem = asyncio.Semaphore(self.open_concurrency)
+
+        async def one(conn: Connection) -> None:
+            async with sem:
+                for attempt in range(3):
+                    try:
+                        await conn.open()
+                        return
+                    except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                        error = exc
+                        await asyncio.sleep(0.2 * (attempt + 1))
+                ep = conn.endpoint
+                raise BrokerUnavailable(
+                    f"MQTT broker at {ep.host}:{ep.port} is unreachable for {conn.client_id} ({str(error) or type(error).__name__}); "
+                    "is the stack up? (fleetpulse stack up)"
+                )
+
+        tasks = [asyncio.ensure_future(one(c)) for c in self.conns]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+            raise
+        self._pinger = asyncio.ensure_future(self._ping_loop())
+
+    async def _ping_loop(self) -> None:
+        if not self.conns:
+            return
+        period = self.conns[0].keepalive_s / 2
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in self.conns:
+                conn.ping_if_due(now)
+
+    def inflight(self) -> int:
+        return sum(len(c.inflight) for c in self.conns)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait until QoS 1 packets are acked and written; return how many stay unacked."""
+        deadline = time.monotonic() + timeout_s
+        while self.inflight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in self.conns:
+            if conn.connected and conn.transport is not None:
+                while conn.transport.get_write_buffer_size() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+        return self.inflight()
+
+    async def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+        for conn in self.conns:
+            await conn.close()
+        await asyncio.sleep(0)
