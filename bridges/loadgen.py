@@ -52,7 +52,7 @@ def garbage(n: int, seed: int = 1) -> list[bytes]:
     return [kinds[i % len(kinds)]() for i in range(n)]
 
 
-def packets(bodies: list[bytes], cars: int, prefix: str, qos: int) -> list[bytes]:
+def packets(bodies: list[bytes], cars: int, prefix: str, qos: int = 1) -> list[bytes]:
     """PUBLISH packets spreading ``bodies`` round-robin over ``cars`` car ids ``<prefix>-<n>``."""
     topics = [f"{MQTT_TOPIC_PREFIX}{prefix}-{i:05d}".encode() for i in range(cars)]
     return [wire.publish_packet(topics[i % cars], body, qos, (i % 65535) + 1) for i, body in enumerate(bodies)]
@@ -223,7 +223,7 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.
     idle_since = time.monotonic()
     try:
         while time.monotonic() < deadline:
-            msgs = c.consume(10_000, 0.2)
+            msgs = c.consume(10_000, 0.005)
             now = time.time()
             if not msgs:
                 if len(out.values) >= expected and time.monotonic() - idle_since > idle_s:

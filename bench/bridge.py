@@ -1,0 +1,247 @@
+"""Bridge throughput and latency, MQTT publish -> Kafka, against a naive paho baseline in the same run.
+
+Everything runs on the local stack (Mosquitto, Kafka) on this machine, each bridge as its own
+process (`fleetpulse bridge`). Throughput: N messages published flat out (raw-socket publisher,
+several connections for QoS 1), timed from the first publish until Kafka's end offsets reach N.
+Latency: 10,000 msg/s offered at QoS 1; publish -> consumed from Kafka (includes the consumer's
+fetch wait, an upper bound) and publish -> bridge arrival (the record timestamp).
+The naive baseline is paho on_message -> produce() + poll(0) per message, same producer settings.
+Writes bench/results/bridge.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from bridges import loadgen
+from bridges.kafka_sink import ensure_topics
+from bridges.settings import BridgeSettings
+from fleetpulse.benchmarking import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+FLEETPULSE = str(ROOT / ".venv" / "bin" / "fleetpulse")
+WARMUP = 2_000
+
+
+def naive_worker(topic: str, share_group: str, client_id: str, qos: int) -> None:
+    """The baseline: paho-mqtt 2.x on_message -> produce() + poll(0) per message."""
+    import paho.mqtt.client as mqtt
+    from confluent_kafka import Producer
+
+    from bridges.kafka_sink import producer_config
+
+    settings = BridgeSettings(topic=topic, client_id=client_id)
+    producer = Producer(producer_config(settings))
+    host, port = settings.broker_endpoints[0]
+
+    def on_message(client, userdata, msg):
+        ts = int(time.time() * 1000)
+        producer.produce(topic, msg.payload, msg.topic.rsplit("/", 1)[-1].encode(), headers=[("mqtt.topic", msg.topic.encode()), ("fleetpulse.arrival_ts_ms", str(ts).encode())], timestamp=ts)
+        producer.poll(0)
+
+    def on_connect(client, userdata, flags, reason, props):
+        client.subscribe(f"$share/{share_group}/vehicles/sensor/data/+", qos=qos)
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_message, client.on_connect = on_message, on_connect
+    client.connect(host, port, keepalive=30)
+    client.loop_forever()
+
+
+def start_bridges(kind: str, n: int, topic: str, qos: int, share_group: str) -> list[subprocess.Popen]:
+    procs = []
+    for i in range(n):
+        client_id = f"bench-{share_group}-{i}"
+        if kind == "naive":
+            argv = [sys.executable, __file__, "--naive-worker", topic, share_group, client_id, str(qos)]
+            env = dict(os.environ)
+        else:
+            argv = [FLEETPULSE, "bridge", "--progress-every", "3600"]
+            env = {
+                **os.environ,
+                "FLEETPULSE_BRIDGE_TOPIC": topic,
+                "FLEETPULSE_BRIDGE_DLQ_TOPIC": f"{topic}-dlq",
+                "FLEETPULSE_BRIDGE_QOS": str(qos),
+                "FLEETPULSE_BRIDGE_SHARE_GROUP": share_group,
+                "FLEETPULSE_BRIDGE_CLIENT_ID": client_id,
+                "FLEETPULSE_BRIDGE_SESSION_EXPIRY_S": "0",
+                "FLEETPULSE_BRIDGE_METRICS_PORT": "0",
+            }
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def publish(host: str, port: int, pkts: list[bytes], qos: int, clients: int, rate: float | None = None) -> list[loadgen.PublishReport]:
+    """Publish ``pkts`` over ``clients`` connections in threads (QoS 1 throughput is bounded by each window)."""
+    parts = [pkts[i::clients] for i in range(clients)]
+    reports: list[loadgen.PublishReport] = [loadgen.PublishReport()] * clients
+
+    def run(i: int) -> None:
+        pub = loadgen.Publisher(host, port, qos=qos)
+        reports[i] = pub.publish(parts[i], rate=rate / clients if rate else None, chunk=50 if rate else 500)
+        pub.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return reports
+
+
+def throughput(kind: str, processes: int, qos: int, n: int, host: str, port: int, bootstrap: str) -> dict:
+    u = uuid.uuid4().hex[:8]
+    topic, group = f"bench-bridge-{u}", f"bench{u}"
+    ensure_topics(BridgeSettings(topic=topic, dlq_topic=f"{topic}-dlq", kafka_bootstrap_servers=bootstrap))
+    procs = start_bridges(kind, processes, topic, qos, group)
+    try:
+        bodies = loadgen.payloads(WARMUP + n)
+        pkts = loadgen.packets(bodies, 1000, f"b{u}", qos)
+        time.sleep(1.0)
+        publish(host, port, pkts[:WARMUP], qos, 1)
+        got, _ = loadgen.wait_for_count(bootstrap, topic, WARMUP, 60)
+        if got < WARMUP:
+            raise RuntimeError(f"{kind}: warm-up did not arrive ({got}/{WARMUP})")
+        t0 = time.time()
+        reports = publish(host, port, pkts[WARMUP:], qos, 1 if qos == 0 else 3)
+        t_pub = max(r.finished for r in reports)
+        got, t_end = loadgen.wait_for_count(bootstrap, topic, WARMUP + n, 120, poll_s=0.05)
+    finally:
+        stop(procs)
+    delivered = got - WARMUP
+    row = {
+        "kind": kind,
+        "processes": processes,
+        "qos": qos,
+        "messages": n,
+        "delivered": delivered,
+        "seconds": round(t_end - t0, 3),
+        "publish_seconds": round(t_pub - t0, 3),
+        "events_per_s": round(delivered / (t_end - t0)),
+    }
+    print(f"  {kind:6} x{processes} qos {qos}: {row['events_per_s']:>8,} ev/s ({delivered:,}/{n:,} in {row['seconds']}s; publishing took {row['publish_seconds']}s)", flush=True)
+    return row
+
+
+def latency(rate: float, seconds: float, qos: int, host: str, port: int, bootstrap: str) -> dict:
+    u = uuid.uuid4().hex[:8]
+    topic, group = f"bench-bridge-lat-{u}", f"bench{u}"
+    ensure_topics(BridgeSettings(topic=topic, dlq_topic=f"{topic}-dlq", kafka_bootstrap_servers=bootstrap))
+    procs = start_bridges("bridge", 1, topic, qos, group)
+    n = int(rate * seconds)
+    try:
+        bodies = loadgen.payloads(WARMUP + n)
+        pkts = loadgen.packets(bodies, 1000, f"l{u}", qos)
+        time.sleep(1.0)
+        publish(host, port, pkts[:WARMUP], qos, 1)
+        loadgen.wait_for_count(bootstrap, topic, WARMUP, 60)
+        records: list[loadgen.Records] = []
+        reader = threading.Thread(target=lambda: records.append(loadgen.read_topic(bootstrap, topic, WARMUP + n, timeout_s=seconds + 60, idle_s=2)))
+        reader.start()
+        time.sleep(2.0)  # the reader has joined and fetched the warm-up
+        pub = loadgen.Publisher(host, port, qos=qos)
+        rep = pub.publish(pkts[WARMUP:], rate=rate, chunk=20)
+        pub.close()
+        reader.join()
+    finally:
+        stop(procs)
+    recs = records[0]
+    seq = loadgen.sequence_numbers(recs.values) - WARMUP
+    starts = np.array([i for i, _ in rep.chunk_times])
+    times = np.array([t for _, t in rep.chunk_times])
+    keep = seq >= 0
+    seq = seq[keep]
+    sent_at = times[np.searchsorted(starts, seq, side="right") - 1]
+    to_kafka = (np.array(recs.received_at)[keep] - sent_at) * 1000
+    to_bridge = np.array(recs.timestamps)[keep] - sent_at * 1000
+    row = {
+        "offered_per_s": rate,
+        "qos": qos,
+        "messages": n,
+        "received": int(len(np.unique(seq))),
+        "publish_to_kafka_consumer_ms": {"p50": round(float(np.percentile(to_kafka, 50)), 1), "p99": round(float(np.percentile(to_kafka, 99)), 1), "max": round(float(to_kafka.max()), 1)},
+        "publish_to_bridge_arrival_ms": {"p50": round(float(np.percentile(to_bridge, 50)), 1), "p99": round(float(np.percentile(to_bridge, 99)), 1)},
+    }
+    print(f"  latency at {rate:,.0f}/s qos {qos}: publish->kafka p50 {row['publish_to_kafka_consumer_ms']['p50']} ms p99 {row['publish_to_kafka_consumer_ms']['p99']} ms", flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer messages (noisier figures)")
+    ap.add_argument("--naive-worker", nargs=4, metavar=("TOPIC", "GROUP", "CLIENT_ID", "QOS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.naive_worker:
+        topic, group, client_id, qos = args.naive_worker
+        naive_worker(topic, group, client_id, int(qos))
+        return
+    settings = BridgeSettings()
+    host, port = settings.broker_endpoints[0]
+    bootstrap = settings.kafka_bootstrap_servers
+    load0 = os.getloadavg()[0]
+    n0, n1 = (100_000, 60_000) if args.quick else (400_000, 200_000)
+    print(f"bridge bench ({'quick' if args.quick else 'full'}): mqtt {host}:{port}, kafka {bootstrap}, load {load0:.2f}", flush=True)
+    runs = [
+        throughput("naive", 1, 0, n0, host, port, bootstrap),
+        throughput("bridge", 1, 0, n0, host, port, bootstrap),
+        throughput("naive", 1, 1, n1, host, port, bootstrap),
+        throughput("bridge", 1, 1, n1, host, port, bootstrap),
+        throughput("bridge", 2, 0, n0, host, port, bootstrap),
+        throughput("bridge", 2, 1, n1, host, port, bootstrap),
+    ]
+    lat = latency(10_000, 5 if args.quick else 15, 1, host, port, bootstrap)
+
+    def rate(kind, procs, qos):
+        return next(r["events_per_s"] for r in runs if r["kind"] == kind and r["processes"] == procs and r["qos"] == qos)
+
+    table = []
+    for qos, target in ((0, 40_000), (1, 20_000)):
+        value, base = rate("bridge", 1, qos), rate("naive", 1, qos)
+        table.append({"metric": f"bridge QoS {qos}, 1 process (events/s, publish->Kafka)", "value": value, "unit": "ev/s", "baseline": base, "ratio": round(value / base, 2), "target": f">= {target:,} and >= 2x"})
+    for qos in (0, 1):
+        table.append({"metric": f"bridge QoS {qos}, 2 processes sharing the subscription", "value": rate("bridge", 2, qos), "unit": "ev/s", "baseline": rate("bridge", 1, qos), "ratio": round(rate("bridge", 2, qos) / rate("bridge", 1, qos), 2), "target": ""})
+    for p in ("p50", "p99"):
+        table.append({"metric": f"bridge publish->Kafka latency {p} at 10k/s QoS 1", "value": lat["publish_to_kafka_consumer_ms"][p], "unit": "ms", "baseline": "", "ratio": "", "target": ""})
+    path = write_result(
+        "bridge",
+        {
+            "quick": args.quick,
+            "conditions": {
+                "loadavg_1m_at_start": round(load0, 2),
+                "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+                "brokers": "local stack Mosquitto 2.0.11 + Kafka 3.9.2 (single node) on the same 2 cores, shared with other work",
+                "publisher": "raw-socket pre-built PUBLISH packets; 1 connection at QoS 0, 3 at QoS 1 (window 900 each)",
+                "bridge_settings": BridgeSettings().model_dump(mode="json", exclude={"mqtt_password", "client_id"}),
+            },
+            "baseline": "paho-mqtt 2.x on_message -> produce() + poll(0) per message, same producer config (idempotent, acks=all, linger 5 ms, lz4)",
+            "throughput": runs,
+            "latency": lat,
+        },
+        table,
+    )
+    for row in table:
+        print(f"{row['metric']:58} {row['value']:>10} {row['unit']:5} baseline {row['baseline']!s:>8} ratio {row['ratio']}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
