@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetpulse.clients import require_kafka
-from fleetpulse.errors import FleetPulseError
+from fleetpulse import clients
+from fleetpulse.errors import BrokerUnavailable, FleetPulseError
+from fleetpulse.settings import parse_hostports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF-IO logs every chunk at INFO
 
@@ -64,6 +65,22 @@ class Window:
     def from_json(cls, data: dict) -> "Window":
         ranges = tuple(PartitionRange(int(p), int(a), int(b)) for p, (a, b) in sorted(data["partitions"].items(), key=lambda kv: int(kv[0])))
         return cls(data["topic"], ranges)
+
+
+def require_kafka(bootstrap: str) -> None:
+    """BrokerUnavailable unless Kafka answers. A TCP probe first: librdkafka would log a line every
+    50 ms for ten seconds before fleetpulse.clients.require_kafka's metadata request gives up."""
+    endpoints = parse_hostports(bootstrap, 9092)
+    errors = []
+    for host, port in endpoints:
+        try:
+            clients.require_tcp("Kafka", host, port)
+            break
+        except BrokerUnavailable as exc:
+            errors.append(str(exc))
+    else:
+        raise BrokerUnavailable(errors[0] if len(errors) == 1 else f"no Kafka broker of {bootstrap} is reachable: {'; '.join(errors)}")
+    clients.require_kafka(bootstrap)
 
 
 def _offsets_at(consumer, topic: str, partitions: list[int], ts_ms: int, fallback: dict[int, int]) -> dict[int, int]:

@@ -9,6 +9,7 @@ exactly on the Kafka timestamp the way they do for the simulator.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,11 +76,13 @@ def _inject(x: np.ndarray, mode: str, severity: np.ndarray, rng: np.random.Gener
 
 
 def make_fleet(n_cars: int = 30, n_events: int = 120, failing_share: float = 0.5, seed: int = 7,
-               t0_ms: int = 1_700_000_000_000, interval_s: float = 10.0, prefix: str = "car") -> Fleet:
+               t0_ms: int | None = None, interval_s: float = 10.0, prefix: str = "car") -> Fleet:
     """Readings for ``n_cars`` cars x ``n_events`` events; failing cars cycle through FAILURE_MODES."""
     rng = np.random.default_rng(seed)
-    x = _healthy(rng, n_cars, n_events)
     interval_ms = int(interval_s * 1000)
+    if t0_ms is None:  # recent, so Kafka's retention does not delete the records at once
+        t0_ms = int(time.time() * 1000) - n_events * interval_ms
+    x = _healthy(rng, n_cars, n_events)
     car_ids = [f"{prefix}{i:05d}" for i in range(n_cars)]
     truth = [TruthRecord(c, HEALTHY, t0_ms, 0.0, 0, interval_s) for c in car_ids]
     n_failing = int(round(n_cars * failing_share))
@@ -103,7 +106,8 @@ def produce_fleet(bootstrap: str, fleet: Fleet, topic: str, truth_topic: str, pa
     from fleetpulse.codec import encode_batch
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(truth_topic, 1, 1)])
+    keep = {"retention.ms": "-1"}
+    futures = admin.create_topics([NewTopic(topic, partitions, 1, config=keep), NewTopic(truth_topic, 1, 1, config=keep)])
     for f in futures.values():
         f.result(15)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True,
