@@ -31,6 +31,7 @@ class CountingSubscriber:
         self.count = 0
         self.per_topic: Tally[bytes] = Tally()
         self.payloads: set[bytes] = set()
+        self.messages: list[tuple[bytes, bytes]] = []  # (topic, payload) in arrival order
         self.last_message = 0.0
         self.reconnects = 0
         self._stop = threading.Event()
@@ -125,8 +126,11 @@ class CountingSubscriber:
                     at += 2
                 n += 1
                 if self.keep_payloads:
-                    self.per_topic[body[2 : 2 + tlen]] += 1
-                    self.payloads.add(body[2 : 2 + tlen] + body[at:])
+                    topic, payload = body[2 : 2 + tlen], body[at:]
+                    self.per_topic[topic] += 1
+                    if topic + payload not in self.payloads:  # a QoS 1 redelivery is counted once
+                        self.payloads.add(topic + payload)
+                        self.messages.append((topic, payload))
             elif ptype == 9:  # SUBACK
                 self._subscribed.set()
         if n:

@@ -1,0 +1,197 @@
+"""`fleetpulse simulate` against a real Mosquitto: delivery, the wire contract, ground truth, faults."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import fastavro
+import numpy as np
+import pytest
+
+from fleetpulse.codec import decode_batch
+from fleetpulse.contract import SENSOR_FIELDS
+from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord
+from simulator import car_model as cm
+from simulator.csv_source import DEFAULT_CSV, load_csv
+
+from .conftest import counter, simulate
+
+REFERENCE_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "cardata-v1.avsc"
+
+
+def by_car(sub) -> dict[str, list[bytes]]:
+    """Received payloads per car id, in arrival order (per-topic order is kept by MQTT)."""
+    out: dict[str, list[bytes]] = {}
+    for topic, payload in sub.messages:
+        out.setdefault(topic.decode().rsplit("/", 1)[-1], []).append(payload)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qos, floor", [(0, 0.90), (1, 1.0)])
+def test_500_cars_at_2_per_s_for_10_s_reach_the_broker(broker, qos, floor):
+    sub = counter(broker, qos=qos, keep_payloads=True)
+    run = simulate("--cars", "500", "--rate", "2", "--duration", "10", "--qos", str(qos), "--truth-topic", "", broker=broker)
+    s = run.summary
+    assert s["events_sent"] == 10_000 and s["cars"] == 500 and s["errors"] == 0
+    sub.wait_quiet(quiet_s=1.0, timeout=30, expect=10_000)
+    sub.stop()
+    assert sub.unique >= floor * 10_000
+    assert len(sub.per_topic) == 500 and b"vehicles/sensor/data/electric-vehicle-00001" in sub.per_topic
+    assert b"vehicles/sensor/data/electric-vehicle-00500" in sub.per_topic
+
+
+def test_published_records_decode_with_the_public_reference_schema(broker):
+    schema = fastavro.parse_schema(json.loads(REFERENCE_SCHEMA.read_text()))
+    sub = counter(broker, qos=1, keep_payloads=True)
+    simulate("--cars", "50", "--rate", "5", "--duration", "2", "--qos", "1", "--failures", "0.5", "--truth-topic", "", broker=broker)
+    sub.wait_quiet(expect=500, timeout=20)
+    sub.stop()
+    payloads = [p for _, p in sub.messages]
+    assert len(payloads) == 500
+    for payload in payloads:
+        assert payload[0] == 0 and int.from_bytes(payload[1:5], "big") == 1  # Confluent framing, schema id 1
+        body = io.BytesIO(payload[5:])
+        record = fastavro.schemaless_reader(body, schema, None)
+        assert body.tell() == len(payload) - 5 and list(record) == list(SENSOR_FIELDS)
+    assert decode_batch(payloads).valid.all()
+
+
+def test_failing_cars_show_their_signature_on_the_wire_and_ground_truth_says_when(broker, tmp_path):
+    truth_file = tmp_path / "truth.jsonl"
+    sub = counter(broker, qos=1, keep_payloads=True)
+    run = simulate("--cars", "60", "--rate", "10", "--duration", "4", "--qos", "1", "--failures", "1.0", "--seed", "4",
+                   "--truth-topic", "", "--truth-file", str(truth_file), broker=broker)
+    sub.wait_quiet(expect=2400, timeout=20)
+    sub.stop()
+    truth = [TruthRecord.from_json(line) for line in truth_file.read_text().splitlines()]
+    healthy = [t for t in truth if t.mode == HEALTHY]
+    failing = {t.car_id: t for t in truth if t.mode != HEALTHY}
+    assert len(healthy) == 60 and all(t.onset_seq == 0 for t in healthy)
+    assert len(failing) == 60 and set(t.mode for t in failing.values()) == set(FAILURE_MODES)
+    assert run.summary["failing_started"] == 60 and sum(run.summary["failing_cars"].values()) == 60
+    events = by_car(sub)
+    for car, t in failing.items():
+        v = decode_batch(events[car]).values.astype(np.float64)
+        assert len(v) == 40 and 4 <= t.onset_seq < 36
+        before, after = v[: t.onset_seq], v[t.onset_seq :]
+        assert t.onset_ts >= next(h.onset_ts for h in healthy if h.car_id == car)
+        assert _signature(t.mode, after) and not _signature(t.mode, before), (car, t.mode)
+
+
+def _signature(mode: str, v: np.ndarray) -> bool:
+    """Whether every row shows the mode's signature (float32 on the wire, hence tolerances)."""
+    if mode == "tire_pressure_loss":
+        return bool((v[:, cm.TIRES].min(axis=1) <= 24).all())
+    if mode == "shock_absorber":
+        return bool((v[:, cm.ACCEL] > 3).any(axis=1).all() & (v[:, cm.ACCEL] >= 3).sum(axis=1).min() >= 1)
+    if mode == "drive_shaft_wear":
+        return bool(np.allclose(v[:, cm.VIBRATION], 150 * v[:, cm.SPEED], rtol=1e-4))
+    if mode == "overheating":
+        excess = v[:, cm.COOLANT] - 0.8 * v[:, cm.IAT] - 0.1 * v[:, cm.CURRENT]
+        return bool((excess >= 0.4 * v[:, cm.CURRENT] - 1e-3).all() and (excess > 16.01).any())
+    if mode == "outdated_firmware":
+        return bool((v[:, cm.FIRMWARE] == 1000).all())
+    if mode == "battery_degradation":
+        return bool((180 + 80 * v[:, cm.BATT_PCT] - v[:, cm.BATT_V] > 0.3 * v[:, cm.CURRENT] - 1e-3).all() and (v[:, cm.CURRENT] > 0).any())
+    raise AssertionError(mode)
+
+
+def test_same_seed_gives_the_same_values_and_ground_truth(broker, tmp_path):
+    runs = []
+    for i in range(2):
+        sub = counter(broker, qos=1, keep_payloads=True)
+        simulate("--cars", "40", "--rate", "10", "--duration", "2", "--qos", "1", "--failures", "0.5", "--seed", "9",
+                 "--truth-topic", "", "--truth-file", str(tmp_path / f"t{i}.jsonl"), broker=broker)
+        sub.wait_quiet(expect=800, timeout=20)
+        sub.stop()
+        truth = sorted((t.car_id, t.mode, t.onset_seq, t.severity) for t in map(TruthRecord.from_json, (tmp_path / f"t{i}.jsonl").read_text().splitlines()))
+        runs.append((by_car(sub), truth))
+    (a, truth_a), (b, truth_b) = runs
+    assert a == b and truth_a == truth_b and len(truth_a) == 60
+
+
+def test_ground_truth_goes_to_kafka_keyed_by_car(broker, kafka_bootstrap, unique):
+    from confluent_kafka import Consumer
+
+    topic = f"ground-truth-test-{unique}"
+    simulate("--cars", "20", "--rate", "10", "--duration", "2", "--failures", "0.25", "--truth-topic", topic,
+             "--kafka-bootstrap-servers", kafka_bootstrap, broker=broker)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"t-{unique}", "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + 30
+    while len(got) < 25 and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            got.append((msg.key().decode(), TruthRecord.from_json(msg.value())))
+    consumer.close()
+    assert len(got) == 25 and all(key == t.car_id for key, t in got)
+    assert sum(t.mode != HEALTHY for _, t in got) == 5
+
+
+def test_csv_replay_publishes_the_reference_rows(broker):
+    sub = counter(broker, qos=1, keep_payloads=True)
+    run = simulate("--cars", "100", "--rate", "5", "--duration", "1", "--qos", "1", "--source", "csv", broker=broker)
+    sub.wait_quiet(expect=500, timeout=20)
+    sub.stop()
+    assert run.summary["truth_records"] == 0
+    rows = load_csv(DEFAULT_CSV)
+    got = decode_batch(by_car(sub)["electric-vehicle-00002"]).values
+    np.testing.assert_array_equal(got, rows[1, :5].astype(np.float32))
+
+
+def test_one_connection_per_car_with_car_ids_as_client_ids(broker):
+    sub = counter(broker, qos=1, keep_payloads=True)
+    run = simulate("--cars", "200", "--connections", "200", "--rate", "2", "--duration", "2", "--qos", "1", "--truth-topic", "", broker=broker)
+    sub.wait_quiet(expect=800, timeout=20)
+    sub.stop()
+    assert run.summary["connections"] == 200 and sub.unique == 800 and run.summary["errors"] == 0
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_run_loses_nothing_at_qos1(broker):
+    import subprocess
+
+    from .conftest import FLEETPULSE
+
+    sub = counter(broker, qos=1, keep_payloads=True, clean=False, client_id="restart-counter")
+    proc = subprocess.Popen([FLEETPULSE, "simulate", "--json", "--quiet", "--cars", "100", "--rate", "10", "--duration", "8",
+                             "--qos", "1", "--truth-topic", "", "--mqtt-brokers", broker.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    broker.restart()
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    s = json.loads(out)
+    sub.wait_quiet(expect=8000, timeout=30)
+    sub.stop()
+    assert s["events_sent"] == 8000 and s["reconnects"] >= 1 and s["unacked"] == 0
+    assert sub.unique == 8000, f"{8000 - sub.unique} events lost across the broker restart"
+
+
+def test_unreachable_broker_exits_1_with_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = simulate("--cars", "5", "--duration", "1", "--truth-topic", "", "--mqtt-brokers", f"127.0.0.1:{port}", check=False)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0] and f"127.0.0.1:{port}" in lines[0]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--rate", "-1"], "--rate"),
+    (["--cars", "0"], "--cars"),
+    (["--failures", "1.5"], "--failures"),
+    (["--qos", "2"], "--qos"),
+    (["--sample-interval", "0"], "--sample-interval"),
+])
+def test_bad_flags_are_usage_errors_naming_the_flag(args, flag):
+    run = simulate(*args, check=False)
+    assert run.returncode == 2 and flag in run.stderr and "Traceback" not in run.stderr
