@@ -138,6 +138,7 @@ def test_one_simulator_pod_has_enough_source_ports_for_the_original_fleet(overla
         job = one(objects, "Job", "simulator")
         args = container(objects, "Job", "simulator")["args"]
         assert int(args[args.index("--cars") + 1]) == cars
+        assert int(args[args.index("--connections") + 1]) == cars
         sysctls = {s["name"]: s["value"] for s in job["spec"]["template"]["spec"]["securityContext"]["sysctls"]}
         assert sysctls["net.ipv4.ip_local_port_range"] == "1024 65535"
         destinations = len(endpoints(objects)["simulator-mqtt-brokers"].split(","))
@@ -257,6 +258,8 @@ def test_simulator_job_replays_the_original_load_scenario(overlays):
 
     assert args[0] == "simulate"
     assert int(arg("--cars")) == cars == 100_000
+    # The original had one MQTT 5 client per car, with the car's id as client id.
+    assert int(arg("--connections")) == cars
     assert float(arg("--rate")) == 1 / every_s
     assert arg("--qos") == publish.get("qos")
     assert int(arg("--duration")) == int(publish.get("count")) * every_s
@@ -326,3 +329,33 @@ def test_argo_cd_project_admits_every_kind_the_gke_overlay_renders(rendered, ove
     for obj in overlays["gke"]:
         group = obj["apiVersion"].rpartition("/")[0]
         assert any(a["group"] == group and a["kind"] in ("*", obj["kind"]) for a in allowed), f"{group} {obj['kind']}"
+
+
+def cli_invocations(overlays):
+    """(subcommand, args) of every `fleetpulse` container the overlays run (ENTRYPOINT is fleetpulse)."""
+    seen = []
+    for objects in overlays.values():
+        for obj in objects:
+            spec = pod_spec(obj)
+            containers = spec["containers"] if spec else obj["spec"].get("containers", []) if obj["kind"] == "ServingRuntime" else []
+            for c in containers:
+                if c["image"].startswith("ghcr.io/fleetpulse/") and "command" not in c and c.get("args"):
+                    seen.append((c["args"][0], c["args"][1:]))
+    return seen
+
+
+@pytest.mark.parametrize("subcommand", ["simulate", "bridge", "serve", "score"])
+def test_every_flag_the_manifests_pass_is_an_option_of_the_cli(overlays, subcommand):
+    project = __import__("tomllib").loads((MANIFESTS.parent / "pyproject.toml").read_text())
+    target = project["project"]["entry-points"]["fleetpulse.commands"][subcommand]
+    module_name, _, attr = target.partition(":")
+    try:
+        command = getattr(importlib.import_module(module_name), attr)
+    except ModuleNotFoundError:
+        pytest.skip(f"{module_name} is not written yet")
+    options = {opt for p in command.params for opt in p.opts}
+    invocations = [args for sub, args in cli_invocations(overlays) if sub == subcommand]
+    assert invocations, f"no manifest runs fleetpulse {subcommand}"
+    for args in invocations:
+        flags = {a for a in args if a.startswith("--")}
+        assert flags <= options, f"fleetpulse {subcommand} has no {sorted(flags - options)}"
