@@ -79,8 +79,8 @@ def test_custom_resources_validate_against_their_crd_schemas(rendered):
 
 def test_the_crd_schemas_catch_a_misspelt_field():
     """Guard for the test above: the shared schemas reject unknown fields, so a typo cannot pass."""
-    schema = crd_schema("kafka.strimzi.io", "KafkaTopic", "v1")
-    topic = {"apiVersion": "kafka.strimzi.io/v1", "kind": "KafkaTopic", "metadata": {"name": "t"},
+    schema = crd_schema("kafka.strimzi.io", "KafkaTopic", "v1beta2")
+    topic = {"apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaTopic", "metadata": {"name": "t"},
              "spec": {"partitions": 1, "replica": 3}}
     assert list(jsonschema.Draft7Validator(schema).iter_errors(topic))
 
