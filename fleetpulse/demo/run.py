@@ -97,7 +97,7 @@ class Demo:
 
     def _start_bridge(self) -> None:
         env = {"FLEETPULSE_BRIDGE_QOS": "0", "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.p.bridge_metrics_port),
-               "FLEETPULSE_BRIDGE_CLIENT_ID": f"fleetpulse-demo-bridge-{self.run_id}"}  # fmt: skip
+               "FLEETPULSE_BRIDGE_CLIENT_ID": "fleetpulse-demo-bridge"}  # fmt: skip
         self.children.start("bridge", "bridge", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
 
