@@ -15,8 +15,10 @@ import argparse
 import os
 import subprocess
 import sys
+import socket
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -57,8 +59,31 @@ def naive_worker(topic: str, share_group: str, client_id: str, qos: int) -> None
     client.loop_forever()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_connected(ports: list[int], timeout: float = 60.0) -> None:
+    """Wait until every bridge reports its MQTT connection (messages published before are not for it)."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                if any(line.startswith("fleetpulse_bridge_mqtt_connected{") and line.endswith(" 1.0") for line in text.splitlines()):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bridge with metrics port {port} did not connect within {timeout}s")
+            time.sleep(0.1)
+
+
 def start_bridges(kind: str, n: int, topic: str, qos: int, share_group: str) -> list[subprocess.Popen]:
-    procs = []
+    """Start ``n`` bridge (or naive baseline) processes and return once they are subscribed."""
+    procs, ports = [], []
     for i in range(n):
         client_id = f"bench-{share_group}-{i}"
         if kind == "naive":
@@ -74,9 +99,13 @@ def start_bridges(kind: str, n: int, topic: str, qos: int, share_group: str) -> 
                 "FLEETPULSE_BRIDGE_SHARE_GROUP": share_group,
                 "FLEETPULSE_BRIDGE_CLIENT_ID": client_id,
                 "FLEETPULSE_BRIDGE_SESSION_EXPIRY_S": "0",
-                "FLEETPULSE_BRIDGE_METRICS_PORT": "0",
+                "FLEETPULSE_BRIDGE_METRICS_PORT": str(port := free_port()),
             }
+            ports.append(port)
         procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_connected(ports)
+    if kind == "naive":
+        time.sleep(2.0)  # paho connects and subscribes within this on the local broker; the warm-up checks it
     return procs
 
 
@@ -116,7 +145,6 @@ def throughput(kind: str, processes: int, qos: int, n: int, host: str, port: int
     try:
         bodies = loadgen.payloads(WARMUP + n)
         pkts = loadgen.packets(bodies, 1000, f"b{u}", qos)
-        time.sleep(1.0)
         publish(host, port, pkts[:WARMUP], qos, 1)
         got, _ = loadgen.wait_for_count(bootstrap, topic, WARMUP, 60)
         if got < WARMUP:
@@ -151,7 +179,6 @@ def latency(rate: float, seconds: float, qos: int, host: str, port: int, bootstr
     try:
         bodies = loadgen.payloads(WARMUP + n)
         pkts = loadgen.packets(bodies, 1000, f"l{u}", qos)
-        time.sleep(1.0)
         publish(host, port, pkts[:WARMUP], qos, 1)
         loadgen.wait_for_count(bootstrap, topic, WARMUP, 60)
         records: list[loadgen.Records] = []

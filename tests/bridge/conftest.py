@@ -94,6 +94,25 @@ class BridgeProcess:
         return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request) -> str:
+    """The shared stack's Kafka, without waiting on the rest of the stack (the bridge needs only Kafka).
+
+    Overrides tests/conftest.py's fixture: that one goes through `stack`, which waits for every
+    server, and a FerretDB that hangs on its round trip would hold the bridge tests for no reason.
+    Falls back to starting the stack when Kafka is not up.
+    """
+    from fleetpulse import endpoints
+    from fleetpulse.clients import require_kafka
+    from fleetpulse.errors import BrokerUnavailable
+
+    try:
+        require_kafka(endpoints.KAFKA_BOOTSTRAP, timeout=10)
+        return endpoints.KAFKA_BOOTSTRAP
+    except BrokerUnavailable:
+        return request.getfixturevalue("stack")["kafka"]["bootstrap_servers"]
+
+
 @pytest.fixture
 def bridge_process(tmp_path, kafka_bootstrap, unique):
     """Factory for bridge subprocesses writing to ``bridge-<unique>`` topics; all stopped at teardown."""
