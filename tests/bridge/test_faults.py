@@ -63,6 +63,7 @@ def test_kill_9_mid_stream_then_restart_delivers_every_published_message(bridge_
     bridge.kill9()  # mid-stream: some records delivered but not acked, some read but not produced
     time.sleep(0.5)  # messages published now queue in the persistent session
     bridge.start()
+    assert "session present: True" in bridge.log(), "the restarted bridge did not resume its MQTT session"
     stream.join()
     assert_all_delivered(kafka_bootstrap, f"bridge-{unique}", 30_000)
 
