@@ -70,6 +70,10 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes):
         self._buf += data
+        self.last_recv = time.monotonic()
+        if self._acks_only():
+            self._update_ready()
+            return
         packets, used = wire.split_packets(self._buf)
         del self._buf[:used]
         self.last_recv = time.monotonic()
@@ -82,6 +86,23 @@ class Connection(asyncio.Protocol):
                 self._connack.set_result(body[1])
         if packets:
             self._update_ready()
+
+    def _acks_only(self) -> bool:
+        """At QoS 1 the broker sends back nothing but 4-byte PUBACKs: handle a run of them at once."""
+        n = len(self._buf) // 4
+        if n < 8:
+            return False
+        rows = np.frombuffer(memoryview(self._buf)[: n * 4], dtype=np.uint8).reshape(n, 4)
+        if not ((rows[:, 0] == 0x40) & (rows[:, 1] == 2)).all():
+            return False
+        pids = ((rows[:, 2].astype(np.int64) << 8) | rows[:, 3]).tolist()
+        del rows
+        del self._buf[: n * 4]
+        pop, before = self.inflight.pop, len(self.inflight)
+        for pid in pids:
+            pop(pid, None)
+        self.stats.acked += before - len(self.inflight)
+        return True
 
     def connection_lost(self, exc):
         was = self.connected
