@@ -184,7 +184,7 @@ class Bridge:
                 src.flush_acks()
                 if src.acks_sent != before:
                     self.metrics.acks.inc(src.acks_sent - before)
-                src.tick(now)
+                src.tick(now, reading)
             except (OSError, ProtocolError) as exc:
                 self._lost(src, exc)
 

@@ -35,17 +35,23 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
     Runs until SIGINT/SIGTERM (or --duration / --max-messages), then drains Kafka, sends the last
     MQTT acks and disconnects, keeping the persistent session for the next start.
     """
+    from confluent_kafka import KafkaException
+
     from bridges.bridge import build_bridge
     from bridges.kafka_sink import ensure_topics
     from bridges.settings import BridgeSettings
     from fleetpulse.clients import require_kafka, require_mqtt
+    from fleetpulse.errors import FleetPulseError
     from fleetpulse.settings import load_settings
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(BridgeSettings, **flags)
     require_kafka(settings.kafka_bootstrap_servers)
     require_mqtt(settings.mqtt_brokers)
-    ensure_topics(settings)
+    try:
+        ensure_topics(settings)
+    except KafkaException as exc:
+        raise FleetPulseError(f"cannot create Kafka topics {settings.topic}/{settings.dlq_topic}: {exc.args[0].str()}") from None
     b = build_bridge(settings)
     try:
         b.metrics.serve(settings.metrics_port)

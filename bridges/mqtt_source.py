@@ -150,9 +150,15 @@ class MqttSource:
             self.sock.sendall(wire.puback_packets(ids))
             self.acks_sent += len(ids)
 
-    def tick(self, now: float) -> None:
-        """Keepalive: ping at half the interval; a broker silent for 1.5 intervals is dead."""
-        if now - self._last_recv > 1.5 * self.keepalive_s:
+    def tick(self, now: float, reading: bool = True) -> None:
+        """Keepalive: ping at half the interval; a broker silent for 1.5 intervals is dead.
+
+        While the bridge is not reading (too much in flight) the broker's PINGRESPs wait unread in
+        the socket, so silence says nothing then and the check is skipped.
+        """
+        if not reading:
+            self._last_recv = now
+        elif now - self._last_recv > 1.5 * self.keepalive_s:
             raise ConnectionError(f"{self.name} silent for {now - self._last_recv:.0f}s (keepalive)")
         if now - self._last_ping >= self.keepalive_s / 2:
             self.sock.sendall(wire.PINGREQ_PACKET)  # type: ignore[union-attr]

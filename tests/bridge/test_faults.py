@@ -68,17 +68,19 @@ def test_kill_9_mid_stream_then_restart_delivers_every_published_message(bridge_
     assert_all_delivered(kafka_bootstrap, f"bridge-{unique}", 30_000)
 
 
-def test_bridge_acks_mqtt_only_after_kafka_delivery(bridge_process, private_mqtt, private_server, unique):
+def test_bridge_acks_mqtt_only_after_kafka_delivery_and_bounds_what_is_in_flight(bridge_process, private_mqtt, private_server, unique):
     kafka = private_server("kafka")
     bootstrap = endpoint_of(kafka)
-    bridge = bridge_process(private_mqtt, kafka_bootstrap_servers=bootstrap).start()
+    bridge = bridge_process(private_mqtt, kafka_bootstrap_servers=bootstrap, max_in_flight=1_000, read_bytes=4096, keepalive_s=5).start()
     kafka.stop()
     Stream(private_mqtt, 2_000, 20_000, f"car{unique}").join()
-    bridge.wait_metric("fleetpulse_bridge_received_total", 2_000)
-    time.sleep(1.0)
+    bridge.wait_metric("fleetpulse_bridge_received_total", 1_000)
+    time.sleep(8.0)  # longer than 1.5 keepalives: not reading must not look like a dead broker
     m = bridge.metrics()
-    assert m["fleetpulse_bridge_in_flight"] == 2_000 and m["fleetpulse_bridge_mqtt_acks_total"] == 0
-    # Had the bridge acked before Kafka confirmed, these 2,000 would now be gone with it.
+    assert m["fleetpulse_bridge_mqtt_acks_total"] == 0
+    assert 1_000 <= m["fleetpulse_bridge_in_flight"] == m["fleetpulse_bridge_received_total"] < 1_100, "in-flight bound not kept"
+    assert m["fleetpulse_bridge_mqtt_connects_total"] == 1
+    # Had the bridge acked before Kafka confirmed, the messages it holds would now be gone with it.
     bridge.kill9()
     start_private(kafka)
     bridge.start()
