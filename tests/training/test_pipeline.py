@@ -1,0 +1,120 @@
+"""train -> evaluate -> publish against the local stack, the compiled pipeline, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import models, steps
+from components.publish import publish
+from fleetpulse import model_store
+from fleetpulse.clients import gcs_client
+from fleetpulse.contract import N_FEATURES
+from fleetpulse.errors import BrokerUnavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+FP = str(Path(sys.executable).with_name("fleetpulse"))
+
+
+def _train(ft, tmp_path: Path, model_type: str = models.AUTOENCODER, epochs: int = 8) -> dict:
+    return steps.train_step(steps.TrainParams(ft.bootstrap, ft.topic, model_type, epochs), tmp_path)
+
+
+@pytest.mark.slow
+def test_trained_model_publishes_and_plain_tf_load_flags_failing_car_not_healthy(fleet_topics, model_bucket, gcs_endpoint, tmp_path):
+    import tensorflow as tf
+
+    from components.pipeline_local import run
+    from components.settings import TrainSettings
+
+    settings = TrainSettings(kafka_bootstrap_servers=fleet_topics.bootstrap, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
+    params = steps.TrainParams(fleet_topics.bootstrap, fleet_topics.topic, models.AUTOENCODER, epochs=8)
+    result = run(settings, params, truth_topic=fleet_topics.truth_topic)
+
+    assert result["model_uri"] == f"gs://{model_bucket}/car-anomaly/1/" and result["version"] == 1
+    assert result["records"] == 18_000
+    assert result["metrics"]["f1"] >= 0.95
+
+    client = gcs_client(gcs_endpoint)
+    version = model_store.latest_version(client, model_bucket, "car-anomaly")
+    meta = model_store.read_metadata(client, version)
+    for key in ("model", "model_type", "threshold", "features", "metrics", "kafka", "schema_id", "code_version", "trained_at", "records"):
+        assert key in meta
+    assert meta["kafka"]["topic"] == fleet_topics.topic and meta["schema_id"] == 1
+
+    loaded = tf.saved_model.load(str(model_store.download(client, version, tmp_path)))
+    serve = loaded.signatures["serving_default"]
+    assert float(loaded.threshold.numpy()) == pytest.approx(meta["threshold"])
+    fleet = fleet_topics.fleet
+    failing = {r.car_id: r for r in fleet.truth if r.mode != "healthy"}
+    failing_car, record = next((c, r) for c, r in failing.items() if r.mode == "overheating")
+    healthy_car = next(c for c in fleet.car_ids if c not in failing)
+    rows = lambda car, after: fleet.values[[i for i, (c, t) in enumerate(zip(fleet.car_ids, fleet.ts_ms)) if c == car and t >= after]]
+    sick = serve(input=tf.constant(rows(failing_car, record.onset_ts + 30_000)))
+    well = serve(input=tf.constant(rows(healthy_car, 0)))
+    assert sick["score"].shape[0] > 0 and sick["score"].dtype == tf.float32
+    assert sick["anomaly"].numpy().all() and (sick["score"].numpy() > meta["threshold"]).all()
+    assert not well["anomaly"].numpy().any() and (well["score"].numpy() < meta["threshold"]).all()
+
+
+@pytest.mark.slow
+def test_lstm_runs_through_kfp_local_and_cli_json_is_the_last_stdout_line(fleet_topics, model_bucket, gcs_endpoint):
+    env = {**os.environ, "FLEETPULSE_TRAIN_GCS_ENDPOINT": gcs_endpoint, "FLEETPULSE_TRAIN_KAFKA_BOOTSTRAP_SERVERS": fleet_topics.bootstrap}
+    out = subprocess.run([FP, "train", "--model", "lstm", "--epochs", "3", "--topic", fleet_topics.topic, "--truth-topic",
+                          fleet_topics.truth_topic, "--bucket", model_bucket, "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["model_uri"] == f"gs://{model_bucket}/car-anomaly-lstm/1/" and result["version"] == 1
+    assert result["records"] == 18_000
+    assert {"f1", "precision", "recall"} <= result["metrics"].keys()
+    assert "train: epoch 3/3" in out.stderr and "kfp.local: step publish succeeded" in out.stderr
+
+    meta = model_store.read_metadata(gcs_client(gcs_endpoint), model_store.ModelVersion(model_bucket, "car-anomaly-lstm", 1))
+    assert meta["model_type"] == "lstm" and meta["window"] == 8
+
+
+def test_quality_gate_refuses_to_publish_below_min_f1(make_fleet_topics, tmp_path):
+    ft = make_fleet_topics(n_cars=20, n_events=60)
+    info = _train(ft, tmp_path / "train", epochs=1)
+    (tmp_path / "eval").mkdir()
+    with pytest.raises(steps.QualityGateFailed, match="below the floor --min-f1 1.0"):
+        steps.evaluate_step(tmp_path / "train" / "model", info, tmp_path / "eval", ft.truth_topic, min_f1=1.0 + 1e-9)
+    assert (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_unreachable_gcs_fails_clearly_and_publishes_nothing(tmp_path, unique):
+    saved = models.export(models.build_autoencoder(np.zeros(N_FEATURES, np.float32), np.ones(N_FEATURES, np.float32)),
+                          tmp_path / "m", models.AUTOENCODER, 0, threshold=1.0)
+    with pytest.raises(BrokerUnavailable, match="GCS at 127.0.0.1:9 is unreachable"):
+        publish(saved, f"car-anomaly-{unique}", {}, "fleetpulse-models", "http://127.0.0.1:9")
+
+
+def test_committed_pipeline_yaml_is_what_pipeline_py_compiles_to(tmp_path):
+    from components.kfp_local import load_pipeline_module
+
+    module = load_pipeline_module()
+    fresh = module.compile_to(tmp_path / "pipeline.yaml").read_text()
+    committed = (ROOT / "kubeflow" / "pipeline.yaml").read_text()
+    assert fresh == committed, "kubeflow/pipeline.yaml is stale: run .venv/bin/python kubeflow/pipeline.py and commit it"
+    assert "ghcr.io/fleetpulse/training:0.1.0" in committed and "pip install" not in committed
+
+
+def test_kubeflow_folder_is_not_a_python_package():
+    assert not list((ROOT / "kubeflow").rglob("__init__.py"))
+
+
+def test_cli_rejects_reversed_window_naming_the_flag():
+    out = subprocess.run([FP, "train", "--from-ts", "10", "--to-ts", "5"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--to-ts" in out.stderr
+
+
+def test_cli_unreachable_kafka_is_one_line_and_exit_1():
+    out = subprocess.run([FP, "train", "--kafka-bootstrap-servers", "127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: Kafka at 127.0.0.1:9 is unreachable")
