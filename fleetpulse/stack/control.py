@@ -53,6 +53,11 @@ def up(settings: StackSettings, mqtt_brokers: int = 1, progress: Callable[[str],
     started: list[Service] = []
     for svc in services(settings, mqtt_brokers):
         t0 = time.monotonic()
+        if svc.process.running() and not _answers(svc):
+            # A server that runs but no longer answers (seen: FerretDB's SQLite pool exhausted by
+            # cursors of killed clients) is restarted rather than reported as up.
+            progress(f"{svc.label}: running but not answering a round trip; restarting it")
+            svc.process.stop()
         progress(f"{svc.label}: starting")
         if svc.start():
             started.append(svc)
@@ -64,6 +69,16 @@ def up(settings: StackSettings, mqtt_brokers: int = 1, progress: Callable[[str],
         timings[svc.label] += time.monotonic() - t0
         progress(f"{svc.label}: ready")
     return {"started": [s.label for s in started], "seconds": timings}
+
+
+def _answers(svc: Service, attempts: int = 3) -> bool:
+    for _ in range(attempts):
+        try:
+            svc.round_trip()
+            return True
+        except Exception:  # noqa: BLE001 - any failure to answer counts; the restart below reports it
+            time.sleep(1)
+    return False
 
 
 def _preflight(svcs: list[Service]) -> None:

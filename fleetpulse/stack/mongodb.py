@@ -57,7 +57,7 @@ class FerretDBService(Service):
     def round_trip(self) -> None:
         from pymongo import MongoClient
 
-        client = MongoClient(self.uri, serverSelectionTimeoutMS=1500)
+        client = MongoClient(self.uri, serverSelectionTimeoutMS=1500, socketTimeoutMS=3000, connectTimeoutMS=1500)
         try:
             client.admin.command("ping")
             health = client["fleetpulse_health"]["ping"]

@@ -178,3 +178,25 @@ def test_a_taken_port_fails_with_one_clear_line_before_starting_anything(private
     assert "Traceback" not in proc.stderr
     status = json.loads(run_cli("stack", "status", "--json", env=env).stdout)
     assert status["kafka"]["running"] is False  # nothing was started
+
+
+@pytest.mark.slow
+def test_stack_up_restarts_a_server_that_runs_but_no_longer_answers(private_stack_env):
+    import signal
+
+    env = private_stack_env
+    try:
+        assert run_cli("stack", "up", env=env).returncode == 0
+        pid_file = Path(env["FLEETPULSE_STACK_STATE_DIR"]) / "mongodb" / "pid"
+        wedged = int(pid_file.read_text())
+        os.kill(wedged, signal.SIGSTOP)  # alive, port open, but answers nothing
+        proc = run_cli("stack", "up", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "mongodb: running but not answering a round trip; restarting it" in proc.stderr
+        assert int(pid_file.read_text()) != wedged
+        uri = json.loads(run_cli("stack", "status", "--json", env=env).stdout)["mongodb"]["uri"]
+        from pymongo import MongoClient
+
+        assert MongoClient(uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=5000).admin.command("ping")["ok"] == 1.0
+    finally:
+        run_cli("stack", "down", "--wipe", env=env)
