@@ -1,0 +1,68 @@
+"""`fleetpulse serve`: the KServe ModelServer (V2 REST + gRPC) over the newest published model version."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from fleetpulse.settings import load_settings
+
+
+@click.command("serve")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=None, help="REST port (V2 + /metrics). [default: 8080]")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None, help="gRPC V2 port. [default: 8081]")
+@click.option("--model", "model", default=None, help="Model name under the bucket; overrides the last segment of FLEETPULSE_SERVE_MODEL_URI. [default: car-anomaly]")
+@click.option("--model-uri", default=None, help="gs://<bucket>/<model> to serve (FLEETPULSE_SERVE_MODEL_URI).")
+@click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(min=0.1), default=None, help="Seconds between checks for a newer version. [default: 10]")
+@click.option("--first-version-timeout", type=click.FloatRange(min=0), default=None, help="Give up if no version exists after this many seconds (default: wait forever).")
+def serve(http_port, grpc_port, model, model_uri, poll_interval_s, first_version_timeout) -> None:
+    """Serve the car-anomaly SavedModel over the Open Inference Protocol (V2), REST and gRPC.
+
+    Loads the newest complete version under gs://<bucket>/<model>/ and swaps in newer ones as they are
+    published (loaded and warmed up first, so requests in flight never fail).
+    """
+    from fleetpulse.clients import gcs_client
+    from inference.settings import ServeSettings
+
+    settings = load_settings(ServeSettings, http_port=http_port, grpc_port=grpc_port, model_uri=model_uri,
+                             poll_interval_s=poll_interval_s)
+    name = model or settings.model_name
+    progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    progress(f"loading {name} from gs://{settings.bucket}/{name}/ (gcs {settings.gcs_endpoint or 'real GCS'}) ...")
+
+    from inference.model_watcher import ModelWatcher
+
+    watcher = ModelWatcher(gcs_client(settings.gcs_endpoint or None), settings.bucket, name, settings.cache_dir or None,
+                           settings.poll_interval_s)
+    scorer = watcher.wait_for_first(progress, first_version_timeout)
+    server, adapter = _build_server(settings, name, watcher)
+    watcher.start()
+    progress(f"serving {name} version {scorer.version} (input {scorer.input_shape}, threshold {scorer.threshold:.4g}): "
+             f"REST http://0.0.0.0:{settings.http_port}/v2/models/{name}/infer, gRPC :{settings.grpc_port}")
+    try:
+        server.start([adapter])
+    finally:
+        watcher.stop()
+
+
+def _build_server(settings, name: str, watcher):
+    # kserve parses sys.argv when kserve.model_server is imported; keep our flags away from its parser.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve
+
+        from inference.kserve_model import CarAnomalyModel
+    finally:
+        sys.argv = argv
+    server = kserve.ModelServer(http_port=settings.http_port, grpc_port=settings.grpc_port, workers=settings.workers,
+                                max_threads=settings.grpc_threads, enable_latency_logging=False)
+    # Per-request INFO lines (grpc method, latency) cost more than scoring a small batch.
+    for logger in ("kserve", "kserve.trace", "uvicorn", "uvicorn.access", "uvicorn.error"):
+        logging.getLogger(logger).setLevel(settings.log_level.upper())
+    logging.getLogger("fleetpulse.serve").setLevel(logging.INFO)
+    adapter = CarAnomalyModel(name, watcher)
+    adapter.load()
+    return server, adapter
+
