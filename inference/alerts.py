@@ -1,0 +1,28 @@
+"""alert-v1 records (Avro, Confluent framing, schema id ALERT_V1_ID) for car status changes."""
+
+from __future__ import annotations
+
+from fleetpulse.codec import encode_one
+from fleetpulse.contract import ALERT_V1_ID
+
+from inference.hysteresis import STATUS_NAMES
+
+
+def alert_record(car_id: str, previous: int, status: int, score: float, threshold: float, model_version: str,
+                 event_ts_ms: int, alert_ts_ms: int, partition: int, offset: int) -> dict:
+    return {
+        "car_id": car_id,
+        "status": STATUS_NAMES[status],
+        "previous_status": STATUS_NAMES[previous],
+        "score": float(score),
+        "threshold": float(threshold),
+        "model_version": model_version,
+        "event_ts_ms": int(event_ts_ms),
+        "alert_ts_ms": int(alert_ts_ms),
+        "source_partition": int(partition),
+        "source_offset": int(offset),
+    }
+
+
+def encode_alert(record: dict) -> bytes:
+    return encode_one(record, ALERT_V1_ID)

@@ -1,0 +1,88 @@
+"""`fleetpulse score`: the Kafka-consuming transformer (sensor-data -> model server -> alerts + twin)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import click
+
+from fleetpulse.settings import load_settings
+
+
+@click.command("score")
+@click.option("--bootstrap-servers", "kafka_bootstrap_servers", default=None, help="Kafka bootstrap servers. [default: local stack]")
+@click.option("--topic", default=None, help="Topic to consume. [default: sensor-data]")
+@click.option("--group-id", default=None, help="Consumer group id. [default: fleetpulse-transformer]")
+@click.option("--model-grpc", default=None, help="Model server gRPC host:port. [default: 127.0.0.1:8081]")
+@click.option("--model-name", default=None, help="Model name on the server. [default: car-anomaly]")
+@click.option("--mongodb-uri", default=None, help="MongoDB URI for the twin. [default: local stack]")
+@click.option("--alerts-topic", default=None, help="Topic for alert-v1 records. [default: alerts]")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Prometheus /metrics port, 0 = off. [default: 9101]")
+@click.option("--until-idle", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="Exit after no new record arrived for this long (run as a batch to completion). Default: run forever.")
+@click.option("--max-events", type=click.IntRange(min=1), default=None, help="Exit after consuming this many records.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mongodb_uri, alerts_topic, metrics_port,
+          until_idle, max_events, as_json) -> None:
+    """Score car events from Kafka with the model server; write alerts on status changes and the digital twin.
+
+    Offsets are committed only after the alerts are acknowledged by Kafka and the twin write succeeded;
+    undecodable records go to the dead-letter topic with the reason.
+    """
+    from inference.settings import ScoreSettings
+
+    settings = load_settings(ScoreSettings, kafka_bootstrap_servers=kafka_bootstrap_servers, topic=topic, group_id=group_id,
+                             model_grpc=model_grpc, model_name=model_name, mongodb_uri=mongodb_uri, alerts_topic=alerts_topic,
+                             metrics_port=metrics_port)
+    progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    transformer = build(settings, progress)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port)
+    signal.signal(signal.SIGTERM, lambda *_: transformer.stop())
+    progress(f"scoring {settings.topic} (group {settings.group_id}) with {settings.model_name} at {settings.model_grpc}; "
+             f"alerts -> {settings.alerts_topic}, twin -> {settings.twin_database}.{settings.twin_collection}"
+             + (f"; until idle for {until_idle}s" if until_idle else ""))
+    try:
+        summary = transformer.run(until_idle_s=until_idle, max_events=max_events)
+    except KeyboardInterrupt:
+        summary = transformer.summary
+    result = summary.as_dict(len(transformer.table.ids))  # before close(): its revoke forgets the cars
+    transformer.consumer.close()
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"consumed {result['consumed']:,} events ({result['events_per_s']:,.0f}/s), scored {result['scored']:,}, "
+                   f"alerts {result['alerts']:,} {result['alerts_by_status']}, dead-lettered {result['dlq']:,}, "
+                   f"replays skipped {result['skipped_replayed']:,}, cars {result['cars']:,}, twin writes {result['twin_writes']:,}")
+
+
+def build(settings, progress):
+    """Check every dependency answers, then wire the transformer from ready clients."""
+    from confluent_kafka import Consumer, Producer
+
+    from fleetpulse.clients import kafka_config, mongo_client, require_kafka
+    from inference.transformer import Transformer
+    from inference.twin_store import TwinStore, ping
+    from inference.v2_client import V2Client
+
+    require_kafka(settings.kafka_bootstrap_servers)
+    mongo = mongo_client(settings.mongodb_uri)
+    ping(mongo, settings.mongodb_uri)
+    client = V2Client(settings.model_grpc, settings.model_name)
+    client.wait_ready(timeout_s=30)
+    consumer = Consumer(kafka_config(
+        settings.kafka_bootstrap_servers,
+        **{"group.id": settings.group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+           "enable.partition.eof": False, "fetch.min.bytes": 1, "fetch.wait.max.ms": 50,
+           "queued.min.messages": 200000, "session.timeout.ms": 45000}))
+    producer = Producer(kafka_config(
+        settings.kafka_bootstrap_servers,
+        # Idempotent, infinitely retried: an alert is resent until Kafka has it, never reordered or doubled.
+        **{"enable.idempotence": True, "acks": "all", "linger.ms": 5, "message.timeout.ms": 0, "compression.type": "lz4"}))
+    transformer = Transformer(settings, consumer, producer, client, TwinStore(mongo, settings.twin_database, settings.twin_collection),
+                              progress)
+    consumer.subscribe([settings.topic], on_revoke=transformer.on_revoke, on_lost=transformer.on_lost)
+    return transformer

@@ -1,0 +1,469 @@
+"""The transformer loop: Kafka `sensor-data` -> model server (gRPC V2) -> hysteresis -> alerts + twin.
+
+No-loss ordering: a poll batch is decoded (bad records produced to the DLQ), cut into micro-batches
+that go to the model server with several requests in flight, and the results are applied strictly in
+submission order (the hysteresis is sequential per car). Every ``checkpoint_interval_s`` the loop
+waits until Kafka has acknowledged every alert and DLQ record, writes the changed twins in one bulk,
+and only then commits the offsets it has applied. A crash between those steps replays from the last
+commit; the twin's stored offsets make the replay skip what was already applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from fleetpulse.codec import decode_batch
+from fleetpulse.contract import INT_FIELDS, N_FEATURES, SENSOR_FIELDS
+from fleetpulse.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEADER
+
+from inference.alerts import alert_record, encode_alert
+from inference.hysteresis import STATUS_NAMES, Hysteresis, Rule
+from inference.v2_client import V2Client
+
+CONSUMED = Counter("fleetpulse_transformer_consumed", "Records consumed from sensor-data")
+SCORED = Counter("fleetpulse_transformer_scored", "Events scored by the model server")
+SKIPPED = Counter("fleetpulse_transformer_replay_skipped", "Replayed events already applied to the twin")
+DLQ = Counter("fleetpulse_transformer_dlq", "Undecodable records sent to the dead-letter topic")
+ALERTS = Counter("fleetpulse_transformer_alerts", "Alerts (status changes) produced", ["status"])
+RETRIES = Counter("fleetpulse_transformer_retries", "Retries after a dependency failed", ["dependency"])
+BATCH_ROWS = Histogram("fleetpulse_transformer_infer_batch_rows", "Rows per infer request",
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000))
+E2E_LATENCY = Histogram("fleetpulse_transformer_event_to_alert_seconds", "Kafka timestamp of the event -> alert acknowledged",
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LAG = Gauge("fleetpulse_transformer_consumer_lag", "High watermark minus committed position", ["partition"])
+_INT_COLS = [i for i, name in enumerate(SENSOR_FIELDS) if name in INT_FIELDS]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class CarTable:
+    """Car id <-> dense index, and the per-car state the twin is written from."""
+
+    def __init__(self, rule: Rule, size: int = 1024):
+        self.ids: list[str] = []
+        self.index: dict[bytes, int] = {}
+        self.hysteresis = Hysteresis(rule, size)
+        self._alloc(size)
+
+    def _alloc(self, size: int) -> None:
+        self.part = np.full(size, -1, np.int32)
+        self.off = np.full(size, -1, np.int64)
+        self.events = np.zeros(size, np.int64)
+        self.over = np.zeros(size, np.int64)
+        self.alerts = np.zeros(size, np.int64)
+        self.score = np.zeros(size, np.float32)
+        self.seen = np.zeros(size, np.int64)
+        self.rows = np.zeros((size, N_FEATURES), np.float32)
+        self.dirty = np.zeros(size, bool)
+        self.offsets: list[dict[str, int]] = [{} for _ in range(size)]
+
+    def _grow(self, size: int) -> None:
+        old = len(self.part)
+        if size <= old:
+            return
+        new = max(size, 2 * old)
+        for name in ("part", "off", "events", "over", "alerts", "score", "seen", "rows", "dirty"):
+            arr = getattr(self, name)
+            fill = np.full((new - old, *arr.shape[1:]), -1 if name in ("part", "off") else 0, arr.dtype)
+            setattr(self, name, np.concatenate([arr, fill]))
+        self.offsets += [{} for _ in range(new - old)]
+        self.hysteresis.ensure(new)
+
+    def lookup(self, keys: list[bytes]) -> tuple[np.ndarray, list[int]]:
+        """Indices for keys; new cars get an index and are returned for loading from the twin."""
+        index = self.index
+        new: list[int] = []
+        out = np.empty(len(keys), np.int64)
+        for i, key in enumerate(keys):
+            c = index.get(key)
+            if c is None:
+                c = index[key] = len(self.ids)
+                self.ids.append((key or b"").decode("utf-8", "replace"))
+                new.append(c)
+            out[i] = c
+        self._grow(len(self.ids))
+        return out, new
+
+    def restore(self, car: int, doc: dict) -> None:
+        counters = doc.get("counters", {})
+        self.events[car] = counters.get("events", 0)
+        self.over[car] = counters.get("over_threshold", 0)
+        self.alerts[car] = counters.get("alerts", 0)
+        self.offsets[car] = {str(k): int(v) for k, v in doc.get("offsets", {}).items()}
+        hyst = doc.get("hysteresis", {})
+        status = STATUS_NAMES.index(doc.get("status", "ok")) if doc.get("status") in STATUS_NAMES else 0
+        self.hysteresis.set(car, status, int(hyst.get("window_bits", 0)), int(hyst.get("clean_streak", 0)))
+
+    def twin_fields(self, car: int, threshold: float, model_version: str) -> dict:
+        row = self.rows[car].tolist()
+        readings = dict(zip(SENSOR_FIELDS, row))
+        for i in _INT_COLS:
+            readings[SENSOR_FIELDS[i]] = int(round(row[i]))
+        fields = {
+            "status": STATUS_NAMES[int(self.hysteresis.status[car])],
+            "last_score": float(self.score[car]),
+            "threshold": float(threshold),
+            "model_version": model_version,
+            "last_seen_ms": int(self.seen[car]),
+            "last_readings": readings,
+            "counters": {"events": int(self.events[car]), "over_threshold": int(self.over[car]), "alerts": int(self.alerts[car])},
+            "hysteresis": {"window_bits": int(self.hysteresis.bits[car]), "clean_streak": int(self.hysteresis.clean[car])},
+        }
+        for p, o in self.offsets[car].items():
+            fields[f"offsets.{p}"] = o
+        return fields
+
+
+@dataclass
+class Chunk:
+    """One infer request and the events it covers; ``done`` carries a whole poll batch's offsets."""
+
+    future: object | None
+    request: object | None
+    cars: np.ndarray
+    rows: np.ndarray
+    partitions: np.ndarray
+    offsets: np.ndarray
+    timestamps: np.ndarray
+    done: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    consumed: int = 0
+    scored: int = 0
+    skipped_replayed: int = 0
+    dlq: int = 0
+    alerts: int = 0
+    alerts_by_status: dict = field(default_factory=lambda: {s: 0 for s in STATUS_NAMES})
+    twin_writes: int = 0
+    checkpoints: int = 0
+    retries: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self, cars: int) -> dict:
+        d = dict(self.__dict__)
+        d["cars"] = cars
+        d["events_per_s"] = round(self.consumed / self.seconds, 1) if self.seconds else 0.0
+        return d
+
+
+class Transformer:
+    def __init__(self, settings, consumer, producer, client: V2Client, twins, progress: Callable[[str], None] = lambda _: None):
+        self.s = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.client = client
+        self.twins = twins
+        self.progress = progress
+        rule = Rule(settings.hysteresis_n, settings.hysteresis_k_warning, settings.hysteresis_k_failing, settings.hysteresis_m)
+        self.rule = rule
+        self.table = CarTable(rule)
+        self.pending: deque[Chunk] = deque()
+        self.applied: dict[int, int] = {}  # partition -> last offset applied (not yet committed)
+        self.submitted: dict[int, int] = {}  # partition -> last offset handed to the pipeline
+        self.committed: dict[int, int] = {}
+        self.threshold = float("nan")
+        self.model_version = ""
+        self.summary = Summary()
+        self._failed_deliveries: list[tuple[str, bytes, bytes, list]] = []
+        self._last_checkpoint = time.monotonic()
+        self._stop = False
+
+    # ---- main loop -------------------------------------------------------------------------
+
+    def run(self, until_idle_s: float | None = None, max_events: int | None = None) -> Summary:
+        t0 = time.monotonic()
+        last_record = time.monotonic()
+        last_progress = t0
+        try:
+            while not self._stop:
+                msgs = self.consumer.consume(num_messages=self.s.poll_batch, timeout=0.05 if self.pending else 0.5)
+                if msgs:
+                    n = self._submit_poll(msgs)
+                    if n:
+                        last_record = time.monotonic()
+                self._drain(all_=not msgs)
+                now = time.monotonic()
+                if now - self._last_checkpoint >= self.s.checkpoint_interval_s:
+                    self._drain(all_=True)
+                    self.checkpoint()
+                if now - last_progress >= 5:
+                    last_progress = now
+                    self.summary.seconds = now - t0
+                    self.progress(self._progress_line())
+                if until_idle_s is not None and not self.pending and now - last_record >= until_idle_s:
+                    break
+                if max_events is not None and self.summary.consumed >= max_events:
+                    break
+        finally:
+            self._drain(all_=True)
+            self.checkpoint()
+            self.summary.seconds = time.monotonic() - t0
+        return self.summary
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def _progress_line(self) -> str:
+        s = self.summary
+        return (f"consumed {s.consumed:,} scored {s.scored:,} alerts {s.alerts:,} dlq {s.dlq:,} cars {len(self.table.ids):,} "
+                f"({s.consumed / max(s.seconds, 1e-9):,.0f} ev/s)")
+
+    # ---- poll -> micro-batches ---------------------------------------------------------------
+
+    def _submit_poll(self, msgs) -> int:
+        good = [m for m in msgs if m.error() is None]
+        if not good:
+            return 0
+        good = self._drop_redelivered(good)
+        if not good:
+            return 0
+        n = len(good)
+        self.summary.consumed += n
+        CONSUMED.inc(n)
+        values = [m.value() or b"" for m in good]
+        partitions = np.fromiter((m.partition() for m in good), np.int32, n)
+        offsets = np.fromiter((m.offset() for m in good), np.int64, n)
+        timestamps = np.fromiter((m.timestamp()[1] for m in good), np.int64, n)
+        done: dict[int, int] = {}
+        for p in np.unique(partitions).tolist():
+            done[p] = int(offsets[partitions == p].max())
+        decoded = decode_batch(values)
+        if decoded.errors:
+            self._dead_letter(good, decoded.errors)
+        ok = np.flatnonzero(decoded.valid)
+        cars, new = self.table.lookup([good[i].key() for i in ok.tolist()])
+        if new:
+            self._restore(new)
+        rows = decoded.values[ok]
+        partitions, offsets, timestamps = partitions[ok], offsets[ok], timestamps[ok]
+        fresh = self._not_yet_applied(cars, partitions, offsets)
+        if not fresh.all():
+            skipped = int((~fresh).sum())
+            self.summary.skipped_replayed += skipped
+            SKIPPED.inc(skipped)
+            cars, rows, partitions, offsets, timestamps = cars[fresh], rows[fresh], partitions[fresh], offsets[fresh], timestamps[fresh]
+        size = self.s.model_batch
+        starts = list(range(0, len(cars), size)) or [0]
+        for j, start in enumerate(starts):
+            sl = slice(start, start + size)
+            chunk_rows = rows[sl]
+            request = self.client.request(chunk_rows) if len(chunk_rows) else None
+            future = self.client.infer_future(request) if request is not None else None
+            if request is not None:
+                BATCH_ROWS.observe(len(chunk_rows))
+            self.pending.append(Chunk(future, request, cars[sl], chunk_rows, partitions[sl], offsets[sl], timestamps[sl],
+                                      done if j == len(starts) - 1 else {}))
+        return n
+
+    def _drop_redelivered(self, msgs: list) -> list:
+        # After a broker failover the client may fetch a range again; never apply an offset twice.
+        submitted = self.submitted
+        out = [m for m in msgs if m.offset() > submitted.get(m.partition(), -1)]
+        for m in out:
+            submitted[m.partition()] = m.offset()
+        return out
+
+    def _not_yet_applied(self, cars: np.ndarray, partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        t = self.table
+        return ~((t.part[cars] == partitions) & (offsets <= t.off[cars]))
+
+    def _restore(self, new: list[int]) -> None:
+        ids = [self.table.ids[c] for c in new]
+        docs = self._retry("mongodb", lambda: self.twins.load(ids))
+        for c, car_id in zip(new, ids):
+            doc = docs.get(car_id)
+            if doc is not None:
+                self.table.restore(c, doc)
+
+    def _dead_letter(self, msgs, errors: dict[int, str]) -> None:
+        ts = str(now_ms()).encode()
+        for i, reason in errors.items():
+            m = msgs[i]
+            headers = [(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, f"{m.topic()}/{m.partition()}/{m.offset()}".encode()),
+                       (DLQ_TIME_HEADER, ts)]
+            self._produce(self.s.dlq_topic, m.key(), m.value() or b"", headers)
+        self.summary.dlq += len(errors)
+        DLQ.inc(len(errors))
+
+    # ---- results, in submission order --------------------------------------------------------
+
+    def _drain(self, all_: bool = False) -> None:
+        """Apply finished chunks from the head; wait on the head while too many are in flight (or all_)."""
+        while self.pending:
+            head = self.pending[0]
+            ready = head.future is None or head.future.done()
+            if not ready and not all_ and len(self.pending) < self.s.max_in_flight:
+                return
+            self.pending.popleft()
+            self._apply(head)
+
+    def _result(self, chunk: Chunk):
+        delay = 0.1
+        future = chunk.future
+        while True:
+            try:
+                return V2Client.parse(future.result())
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                self._count_retry("model-server")
+                self.progress(f"model server {self.client.target}: {exc.code().name}; retrying in {delay:.1f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, self.s.retry_max_s)
+                future = self.client.infer_future(chunk.request)
+
+    def _apply(self, chunk: Chunk) -> None:
+        if chunk.future is not None:
+            result = self._result(chunk)
+            self.threshold, self.model_version = result.threshold, result.model_version
+            self._apply_scores(chunk, result.score, result.anomaly)
+        for p, o in chunk.done.items():
+            if o > self.applied.get(p, -1):
+                self.applied[p] = o
+
+    def _apply_scores(self, chunk: Chunk, score: np.ndarray, over: np.ndarray) -> None:
+        t = self.table
+        cars = chunk.cars
+        n = len(cars)
+        self.summary.scored += n
+        SCORED.inc(n)
+        changes = t.hysteresis.apply(cars, over)
+        size = len(t.part)
+        t.events += np.bincount(cars, minlength=size)
+        t.over += np.bincount(cars, weights=over, minlength=size).astype(np.int64)
+        # The newest reading per car: first occurrence in the reversed chunk.
+        uniq, first = np.unique(cars[::-1], return_index=True)
+        last = n - 1 - first
+        t.score[uniq] = score[last]
+        t.seen[uniq] = chunk.timestamps[last]
+        t.rows[uniq] = chunk.rows[last]
+        t.part[uniq] = chunk.partitions[last]
+        t.off[uniq] = chunk.offsets[last]
+        t.dirty[uniq] = True
+        for c, p, o in zip(uniq.tolist(), chunk.partitions[last].tolist(), chunk.offsets[last].tolist()):
+            t.offsets[c][str(p)] = o
+        if changes:
+            self._alert(chunk, score, changes)
+
+    def _alert(self, chunk: Chunk, score: np.ndarray, changes) -> None:
+        decided = now_ms()
+        for i, old, new in changes:
+            car = int(chunk.cars[i])
+            record = alert_record(self.table.ids[car], old, new, score[i], self.threshold, self.model_version,
+                                  chunk.timestamps[i], decided, chunk.partitions[i], chunk.offsets[i])
+            self.table.alerts[car] += 1
+            self._produce(self.s.alerts_topic, record["car_id"].encode(), encode_alert(record), None, event_ts_ms=int(chunk.timestamps[i]))
+            self.summary.alerts += 1
+            self.summary.alerts_by_status[STATUS_NAMES[new]] += 1
+            ALERTS.labels(STATUS_NAMES[new]).inc()
+
+    # ---- producing with acknowledgement -----------------------------------------------------
+
+    def _produce(self, topic: str, key, value: bytes, headers, event_ts_ms: int | None = None) -> None:
+        def delivered(err, msg, _topic=topic, _key=key, _value=value, _headers=headers, _ts=event_ts_ms):
+            if err is not None:
+                self._failed_deliveries.append((_topic, _key, _value, _headers))
+            elif _ts is not None:
+                E2E_LATENCY.observe(max(0.0, (now_ms() - _ts) / 1000))
+
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _flush_producer(self) -> None:
+        delay = 0.2
+        while True:
+            remaining = self.producer.flush(5.0)
+            if remaining == 0 and not self._failed_deliveries:
+                return
+            self._count_retry("kafka")
+            self.progress(f"kafka: {remaining} records not acknowledged yet, {len(self._failed_deliveries)} to resend")
+            failed, self._failed_deliveries = self._failed_deliveries, []
+            for topic, key, value, headers in failed:
+                self._produce(topic, key, value, headers)
+            time.sleep(delay)
+            delay = min(delay * 2, self.s.retry_max_s)
+
+    # ---- checkpoint: alerts acked -> twin written -> offsets committed ------------------------
+
+    def checkpoint(self) -> None:
+        self._last_checkpoint = time.monotonic()
+        if not self.applied and not self.table.dirty.any():
+            return
+        self._flush_producer()
+        t = self.table
+        dirty = np.flatnonzero(t.dirty).tolist()
+        if dirty:
+            updates = [(t.ids[c], t.twin_fields(c, self.threshold, self.model_version)) for c in dirty]
+            self._retry("mongodb", lambda: self.twins.write(updates))
+            t.dirty[dirty] = False
+            self.summary.twin_writes += len(dirty)
+        to_commit = {p: o for p, o in self.applied.items() if self.committed.get(p, -1) < o}
+        if to_commit:
+            from confluent_kafka import TopicPartition
+
+            offsets = [TopicPartition(self.s.topic, p, o + 1) for p, o in to_commit.items()]
+            self._retry("kafka", lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+            self.committed.update(to_commit)
+            self._update_lag(to_commit)
+        self.summary.checkpoints += 1
+
+    def _update_lag(self, committed: dict[int, int]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        for p, o in committed.items():
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.s.topic, p), timeout=0.5, cached=False)
+            except KafkaException:
+                continue
+            LAG.labels(str(p)).set(max(0, high - (o + 1)))
+
+    def _retry(self, dependency: str, fn):
+        from confluent_kafka import KafkaException
+        from pymongo.errors import PyMongoError
+
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except (PyMongoError, KafkaException) as exc:
+                self._count_retry(dependency)
+                self.progress(f"{dependency}: {type(exc).__name__}: {str(exc)[:160]}; retrying in {delay:.1f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, self.s.retry_max_s)
+
+    def _count_retry(self, dependency: str) -> None:
+        RETRIES.labels(dependency).inc()
+        self.summary.retries[dependency] = self.summary.retries.get(dependency, 0) + 1
+
+    # ---- rebalance ---------------------------------------------------------------------------
+
+    def on_revoke(self, consumer, partitions) -> None:
+        """Finish and commit what was applied, then forget car state: another member owns those cars now."""
+        self._drain(all_=True)
+        self.checkpoint()
+        self.table = CarTable(self.rule)
+        self.applied.clear()
+        self.committed.clear()
+        self.submitted.clear()
+
+    def on_lost(self, consumer, partitions) -> None:
+        self.pending.clear()
+        self.table = CarTable(self.rule)
+        self.applied.clear()
+        self.committed.clear()
+        self.submitted.clear()
