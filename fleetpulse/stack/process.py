@@ -27,7 +27,10 @@ class ManagedProcess:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except FileNotFoundError:
             return None
-        if self.marker not in cmdline or _is_zombie(pid):
+        if _is_zombie(pid):
+            return None
+        # Right after fork, before exec, the child's cmdline is briefly empty: that is still ours.
+        if cmdline.strip() and self.marker not in cmdline:
             return None
         return pid
 
