@@ -30,7 +30,11 @@ class ManagedProcess:
         if _is_zombie(pid):
             return None
         # Right after fork, before exec, the child's cmdline is briefly empty: that is still ours.
-        if cmdline.strip() and self.marker not in cmdline:
+        if cmdline.strip():
+            return pid if self.marker in cmdline else None
+        try:
+            os.readlink(f"/proc/{pid}/exe")  # kernel threads (also empty cmdline) have no exe
+        except OSError:
             return None
         return pid
 
