@@ -26,3 +26,18 @@ def alert_record(car_id: str, previous: int, status: int, score: float, threshol
 
 def encode_alert(record: dict) -> bytes:
     return encode_one(record, ALERT_V1_ID)
+
+
+def decode_alert(payload: bytes) -> dict:
+    """An alert-v1 payload back to a dict (for tests, the demo and tools; not a hot path)."""
+    import io
+
+    import fastavro
+
+    from fleetpulse.contract import parsed_schema
+    from fleetpulse.framing import DecodeError, unframe
+
+    schema_id, body = unframe(payload)
+    if schema_id != ALERT_V1_ID:
+        raise DecodeError(f"schema id {schema_id} is not alert-v1 ({ALERT_V1_ID})")
+    return fastavro.schemaless_reader(io.BytesIO(body), parsed_schema(ALERT_V1_ID), None)

@@ -243,10 +243,10 @@ class Transformer:
             self._dead_letter(good, decoded.errors)
         ok = np.flatnonzero(decoded.valid)
         cars, new = self.table.lookup([good[i].key() for i in ok.tolist()])
-        if new:
-            self._restore(new)
         rows = decoded.values[ok]
         partitions, offsets, timestamps = partitions[ok], offsets[ok], timestamps[ok]
+        if new:
+            self._restore(new, cars, partitions)
         fresh = self._not_yet_applied(cars, partitions, offsets)
         if not fresh.all():
             skipped = int((~fresh).sum())
@@ -278,13 +278,19 @@ class Transformer:
         t = self.table
         return ~((t.part[cars] == partitions) & (offsets <= t.off[cars]))
 
-    def _restore(self, new: list[int]) -> None:
-        ids = [self.table.ids[c] for c in new]
+    def _restore(self, new: list[int], cars: np.ndarray, partitions: np.ndarray) -> None:
+        """Load first-seen cars' twins, so counting continues and replayed offsets are recognised."""
+        t = self.table
+        ids = [t.ids[c] for c in new]
         docs = self._retry("mongodb", lambda: self.twins.load(ids))
+        first_partition = dict(zip(cars[::-1].tolist(), partitions[::-1].tolist()))
         for c, car_id in zip(new, ids):
             doc = docs.get(car_id)
             if doc is not None:
-                self.table.restore(c, doc)
+                t.restore(c, doc)
+                p = first_partition.get(c)
+                if p is not None:
+                    t.part[c], t.off[c] = p, t.offsets[c].get(str(p), -1)
 
     def _dead_letter(self, msgs, errors: dict[int, str]) -> None:
         ts = str(now_ms()).encode()
