@@ -189,11 +189,12 @@ class Transformer:
             while not self._stop:
                 msgs = self.consumer.consume(num_messages=self.s.poll_batch, timeout=0.05 if self.pending else 0.5)
                 if msgs:
-                    n = self._submit_poll(msgs)
-                    if n:
-                        last_record = time.monotonic()
+                    self._submit_poll(msgs)
                 self._drain(all_=not msgs)
                 now = time.monotonic()
+                if msgs:
+                    # After the work, not before: a long retry (dependency down) is not idleness.
+                    last_record = now
                 if now - self._last_checkpoint >= self.s.checkpoint_interval_s:
                     self._drain(all_=True)
                     self.checkpoint()
@@ -201,7 +202,7 @@ class Transformer:
                     last_progress = now
                     self.summary.seconds = now - t0
                     self.progress(self._progress_line())
-                if until_idle_s is not None and not self.pending and now - last_record >= until_idle_s:
+                if until_idle_s is not None and not msgs and not self.pending and now - last_record >= until_idle_s:
                     break
                 if max_events is not None and self.summary.consumed >= max_events:
                     break
