@@ -87,7 +87,8 @@ def train_step(p: TrainParams, out_dir: Path, progress: Progress = _quiet) -> di
     losses = models.fit(model, x, p.epochs, p.batch_size, p.seed,
                         progress=lambda e, n, loss: progress(f"train: epoch {e}/{n} loss {loss:.4f}"))
     fit_s = time.monotonic() - t1
-    models.export(model, Path(out_dir) / "model", p.model_type, p.window)
+    rscale = models.residual_scale(model, x)
+    models.export(model, Path(out_dir) / "model", p.model_type, p.window, rscale)
     info = {
         "model_type": p.model_type,
         "window": p.window if p.model_type == models.LSTM else None,
@@ -103,6 +104,7 @@ def train_step(p: TrainParams, out_dir: Path, progress: Progress = _quiet) -> di
         "epoch_s": fit_s / max(p.epochs, 1),
         "robust_center": center.tolist(),
         "robust_scale": scale.tolist(),
+        "residual_scale": rscale.tolist(),
         "eval_share": None if p.explicit_eval_window else p.eval_share,
     }
     (Path(out_dir) / "train.json").write_text(json.dumps(info, indent=2))

@@ -90,7 +90,7 @@ def test_quality_gate_refuses_to_publish_below_min_f1(make_fleet_topics, tmp_pat
 
 def test_unreachable_gcs_fails_clearly_and_publishes_nothing(tmp_path, unique):
     saved = models.export(models.build_autoencoder(np.zeros(N_FEATURES, np.float32), np.ones(N_FEATURES, np.float32)),
-                          tmp_path / "m", models.AUTOENCODER, 0, threshold=1.0)
+                          tmp_path / "m", models.AUTOENCODER, 0, np.ones(N_FEATURES, np.float32), threshold=1.0)
     with pytest.raises(BrokerUnavailable, match="GCS at 127.0.0.1:9 is unreachable"):
         publish(saved, f"car-anomaly-{unique}", {}, "fleetpulse-models", "http://127.0.0.1:9")
 
