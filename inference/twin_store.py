@@ -14,6 +14,13 @@ from typing import Iterable
 from fleetpulse.errors import BrokerUnavailable
 
 
+# FerretDB 1.24 (SQLite) keeps one pooled SQLite connection per statement of an update command
+# until the command ends; its pool holds 100, so one bulk of more than ~100 upserts of existing
+# documents deadlocks the server (reproduced: 99 pass, 101 hang). Real MongoDB has no such limit;
+# chunks of 90 cost nothing there.
+BULK_CHUNK = 90
+
+
 class TwinStore:
     def __init__(self, client, database: str, collection: str):
         self.collection = client[database][collection]
@@ -32,8 +39,8 @@ class TwinStore:
         from pymongo import UpdateOne
 
         ops = [UpdateOne({"_id": car}, {"$set": fields}, upsert=True) for car, fields in updates]
-        if ops:
-            self.collection.bulk_write(ops, ordered=False)
+        for i in range(0, len(ops), BULK_CHUNK):
+            self.collection.bulk_write(ops[i : i + BULK_CHUNK], ordered=False)
         return len(ops)
 
 
