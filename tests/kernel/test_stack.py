@@ -200,3 +200,19 @@ def test_stack_up_restarts_a_server_that_runs_but_no_longer_answers(private_stac
         assert MongoClient(uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=5000).admin.command("ping")["ok"] == 1.0
     finally:
         run_cli("stack", "down", "--wipe", env=env)
+
+
+def test_twin_store_writes_thousands_of_existing_twins_without_wedging_ferretdb(private_service):
+    """FerretDB 1.24/SQLite deadlocks on one update command of >100 upserts; the twin store chunks."""
+    from pymongo import MongoClient
+
+    from inference.twin_store import TwinStore
+
+    mongo = private_service("mongodb")
+    client = MongoClient(mongo.endpoint["uri"], serverSelectionTimeoutMS=5000, socketTimeoutMS=20000)
+    store = TwinStore(client, "fleetpulse", "cars")
+    cars = [f"electric-vehicle-{i:05d}" for i in range(2000)]
+    assert store.write((c, {"status": "ok", "n": 1}) for c in cars) == 2000
+    assert store.write((c, {"status": "warning", "n": 2}) for c in cars) == 2000  # existing documents
+    coll = client["fleetpulse"]["cars"]
+    assert coll.count_documents({"status": "warning", "n": 2}) == 2000
