@@ -36,12 +36,12 @@ class DemoParams:
     model: str = "autoencoder"
     epochs: int = 8
     min_f1: float = 0.0
-    http_port: int = 18080
-    grpc_port: int = 18081
+    http_port: int = 0  # 0: a free port is chosen at start
+    grpc_port: int = 0
     out_dir: Path = Path("reports/demo")
     keep_stack: bool = False
-    bridge_metrics_port: int = 19100
-    score_metrics_port: int = 19101
+    bridge_metrics_port: int = 0
+    score_metrics_port: int = 0
     idle_s: float = 8.0
     extra: dict = field(default_factory=dict)
 
@@ -59,6 +59,9 @@ class Demo:
         self.stages: dict[str, float] = {}
         self.run_id = uuid.uuid4().hex[:8]
         self.bootstrap = endpoints.KAFKA_BOOTSTRAP
+        for name in ("http_port", "grpc_port", "bridge_metrics_port", "score_metrics_port"):
+            if not getattr(self.p, name):
+                setattr(self.p, name, _free_port())
 
     def stage(self, name: str, fn: Callable):
         self.console.rule(f"[bold]{name}")
@@ -97,7 +100,10 @@ class Demo:
 
     def _start_bridge(self) -> None:
         env = {"FLEETPULSE_BRIDGE_QOS": "0", "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.p.bridge_metrics_port),
-               "FLEETPULSE_BRIDGE_CLIENT_ID": "fleetpulse-demo-bridge"}  # fmt: skip
+               "FLEETPULSE_BRIDGE_CLIENT_ID": "fleetpulse-demo-bridge",
+               # Its own share group: a stale persistent session of another bridge in `fleetpulse` would
+               # otherwise take its round-robin share of the demo's QoS 0 messages and drop them.
+               "FLEETPULSE_BRIDGE_SHARE_GROUP": "fleetpulse-demo"}  # fmt: skip
         self.children.start("bridge", "bridge", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
 
@@ -280,6 +286,14 @@ class Demo:
         except (urllib.error.URLError, OSError):
             return None
         return next(o["data"] for o in out["outputs"] if o["name"] == "score")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _p99_timeline(alerts: list[dict], t0: float, bucket_s: float = 5.0) -> list[tuple[float, float]]:
