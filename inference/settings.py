@@ -52,6 +52,7 @@ class ScoreSettings(BaseSettings):
     twin_database: str = "fleetpulse"
     twin_collection: str = "cars"
     poll_batch: int = Field(5000, ge=1, description="records per consume() call")
+    poll_timeout_s: float = Field(0.02, gt=0, description="longest wait for a full poll batch")
     model_batch: int = Field(2000, ge=1, description="rows per infer request")
     max_in_flight: int = Field(4, ge=1, description="infer requests in flight")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="alerts flushed, twin written, offsets committed")

@@ -149,11 +149,12 @@ class Summary:
     checkpoints: int = 0
     retries: dict = field(default_factory=dict)
     seconds: float = 0.0
+    active_seconds: float = 0.0  # first record received -> last poll batch applied
 
     def as_dict(self, cars: int) -> dict:
         d = dict(self.__dict__)
         d["cars"] = cars
-        d["events_per_s"] = round(self.consumed / self.seconds, 1) if self.seconds else 0.0
+        d["events_per_s"] = round(self.consumed / self.active_seconds, 1) if self.active_seconds else 0.0
         return d
 
 
@@ -183,12 +184,16 @@ class Transformer:
 
     def run(self, until_idle_s: float | None = None, max_events: int | None = None) -> Summary:
         t0 = time.monotonic()
+        first_record: float | None = None
         last_record = time.monotonic()
         last_progress = t0
         try:
             while not self._stop:
-                msgs = self.consumer.consume(num_messages=self.s.poll_batch, timeout=0.05 if self.pending else 0.5)
+                # consume() waits until poll_batch records or the timeout: a short timeout bounds the latency
+                # a half-full batch adds at moderate rates (0.5 s cost p50 434 ms at 10k ev/s).
+                msgs = self.consumer.consume(num_messages=self.s.poll_batch, timeout=self.s.poll_timeout_s)
                 if msgs:
+                    first_record = first_record or time.monotonic()
                     self._submit_poll(msgs)
                 self._drain(all_=not msgs)
                 now = time.monotonic()
@@ -202,6 +207,8 @@ class Transformer:
                     last_progress = now
                     self.summary.seconds = now - t0
                     self.progress(self._progress_line())
+                if msgs:
+                    self.summary.active_seconds = now - first_record
                 if until_idle_s is not None and not msgs and not self.pending and now - last_record >= until_idle_s:
                     break
                 if max_events is not None and self.summary.consumed >= max_events:
