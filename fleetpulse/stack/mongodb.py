@@ -64,6 +64,11 @@ class FerretDBService(Service):
             health.replace_one({"_id": "stack"}, {"_id": "stack", "ok": True}, upsert=True)
             if health.find_one({"_id": "stack"}) is None:
                 raise RuntimeError("write did not read back")
+            # FerretDB pools SQLite connections per database, so one database can hang while others
+            # answer: look at the twin collection too.
+            from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
+
+            client[TWIN_DATABASE][TWIN_COLLECTION].find_one({"_id": "__health__"})
         finally:
             client.close()
 
