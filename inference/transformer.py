@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -179,6 +180,8 @@ class Transformer:
         self._failed_deliveries: list[tuple[str, bytes, bytes, list]] = []
         self._last_checkpoint = time.monotonic()
         self._stop = False
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="twin-writer")
+        self._writing = None  # (future, offsets it covers, cars) of the snapshot being written
 
     # ---- main loop -------------------------------------------------------------------------
 
@@ -200,9 +203,10 @@ class Transformer:
                 if msgs:
                     # After the work, not before: a long retry (dependency down) is not idleness.
                     last_record = now
-                if now - self._last_checkpoint >= self.s.checkpoint_interval_s:
+                self._finish_write(wait=False)
+                if now - self._last_checkpoint >= self.s.checkpoint_interval_s and self._writing is None:
                     self._drain(all_=True)
-                    self.checkpoint()
+                    self.checkpoint(wait=False)
                 if now - last_progress >= 5:
                     last_progress = now
                     self.summary.seconds = now - t0
@@ -210,7 +214,9 @@ class Transformer:
                 if msgs:
                     self.summary.active_seconds = now - first_record
                 if until_idle_s is not None and not msgs and not self.pending and now - last_record >= until_idle_s:
-                    break
+                    if self._caught_up():
+                        break
+                    last_record = time.monotonic()  # Kafka unreachable or records still to fetch: not idle
                 if max_events is not None and self.summary.consumed >= max_events:
                     break
         finally:
@@ -218,6 +224,22 @@ class Transformer:
             self.checkpoint()
             self.summary.seconds = time.monotonic() - t0
         return self.summary
+
+    def _caught_up(self) -> bool:
+        """True when every assigned partition's position is at its high watermark (lag 0)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            assigned = self.consumer.assignment()
+            for tp in self.consumer.position(assigned):
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+                if tp.offset < 0 and high > self.committed.get(tp.partition, -1) + 1:
+                    return False
+                if tp.offset >= 0 and tp.offset < high:
+                    return False
+        except KafkaException:
+            return False
+        return True
 
     def stop(self) -> None:
         self._stop = True
@@ -414,19 +436,36 @@ class Transformer:
 
     # ---- checkpoint: alerts acked -> twin written -> offsets committed ------------------------
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, wait: bool = True) -> None:
+        """Alerts acked -> twin snapshot written -> its offsets committed.
+
+        The twin bulk runs on a writer thread (FerretDB takes ~1 s for a few hundred updates and must not
+        stall scoring); the offsets of a snapshot are committed only once its write has succeeded. With
+        ``wait`` the call returns only when everything applied so far is written and committed.
+        """
         self._last_checkpoint = time.monotonic()
+        self._finish_write(wait)
+        if self._writing is not None:
+            return  # the previous snapshot is still being written; the next checkpoint picks this up
         if not self.applied and not self.table.dirty.any():
             return
         self._flush_producer()
         t = self.table
         dirty = np.flatnonzero(t.dirty).tolist()
-        if dirty:
-            updates = [(t.ids[c], t.twin_fields(c, self.threshold, self.model_version)) for c in dirty]
-            self._retry("mongodb", lambda: self.twins.write(updates))
-            t.dirty[dirty] = False
-            self.summary.twin_writes += len(dirty)
+        updates = [(t.ids[c], t.twin_fields(c, self.threshold, self.model_version)) for c in dirty]
+        t.dirty[dirty] = False
         to_commit = {p: o for p, o in self.applied.items() if self.committed.get(p, -1) < o}
+        self._writing = (self._writer.submit(self._retry, "mongodb", lambda: self.twins.write(updates)), to_commit, len(updates))
+        if wait:
+            self._finish_write(wait=True)
+
+    def _finish_write(self, wait: bool) -> None:
+        if self._writing is None or not (wait or self._writing[0].done()):
+            return
+        future, to_commit, n = self._writing
+        future.result()
+        self._writing = None
+        self.summary.twin_writes += n
         if to_commit:
             from confluent_kafka import TopicPartition
 

@@ -37,7 +37,8 @@ class Run:
                     "FLEETPULSE_SCORE_MODEL_NAME": model_server.model, "FLEETPULSE_SCORE_MONGODB_URI": mongodb_uri,
                     "FLEETPULSE_SCORE_TWIN_COLLECTION": self.collection, "FLEETPULSE_SCORE_METRICS_PORT": "0",
                     "FLEETPULSE_SCORE_RETRY_MAX_S": "1"}
-        self.producer = Producer({"bootstrap.servers": kafka, "linger.ms": 5, "message.timeout.ms": 0, "enable.idempotence": True})
+        self.producer = Producer({"bootstrap.servers": kafka, "linger.ms": 5, "message.timeout.ms": 0, "enable.idempotence": True,
+                                  "reconnect.backoff.max.ms": 500})
         self.sent: dict[str, int] = {}
 
     def produce(self, rows: np.ndarray, cars: list[str]) -> None:
@@ -133,10 +134,10 @@ def test_replaying_the_same_offsets_leaves_the_same_twins_and_no_new_alerts(mode
     assert len(run.read(run.alerts, expect_at_least=alerts_before)) == alerts_before == 2
 
 
-def stream_and_kill(run: Run, kill, restart, seconds: float = 12.0, cars_n: int = N_CARS, tmp_path=None) -> dict:
+def stream_and_kill(run: Run, kill, restart, seconds: float = 12.0, cars_n: int = N_CARS, tmp_path=None, until_idle: float = 6.0) -> dict:
     """Produce for ``seconds`` while the transformer runs; kill a dependency a third in, restart it at two thirds."""
     log = open(tmp_path / "score.log", "w")
-    proc = run.start_score(until_idle=6.0, log=log)
+    proc = run.start_score(until_idle=until_idle, log=log)
     rng = np.random.default_rng(9)
     ids = cars(cars_n)
     t0 = time.monotonic()
@@ -178,7 +179,8 @@ def test_model_server_killed_mid_stream_loses_nothing(serving_model, gcs_endpoin
 def test_kafka_killed_mid_stream_loses_nothing(model_server, private_service, mongodb_uri, unique, tmp_path):
     kafka = private_service("kafka")
     run = Run(unique, kafka.endpoint["bootstrap_servers"], mongodb_uri, model_server)
-    stream_and_kill(run, kafka.kill, kafka.start, seconds=15.0, tmp_path=tmp_path)
+    # Idle only counts once Kafka answers again; give the test's own producer time to resend its backlog.
+    stream_and_kill(run, kafka.kill, kafka.start, seconds=15.0, tmp_path=tmp_path, until_idle=10.0)
 
 
 @pytest.mark.slow
