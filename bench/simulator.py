@@ -155,7 +155,8 @@ def run_simulate(brokers: Brokers, qos: int, *args: str) -> dict:
         counter.wait(0, timeout=1)
         return {"args": list(args), "qos": qos, "error": proc.stderr.strip()[-500:]}
     summary = json.loads(proc.stdout)
-    delivered = counter.wait(summary["events_sent"])
+    # A QoS 1 subscriber lags a fast publisher by many seconds: wait longer for it to go quiet.
+    delivered = counter.wait(summary["events_sent"], quiet_s=10.0 if qos else 3.0, timeout=300)
     summary.update(
         args=list(args),
         delivered=delivered,

@@ -62,6 +62,7 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._reconnecting: asyncio.Task | None = None
         self.last_recv = time.monotonic()
+        self.ping_sent = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
@@ -216,13 +217,15 @@ class Connection(asyncio.Protocol):
         self._update_ready()
 
     def ping_if_due(self, now: float) -> None:
+        """Called every keepalive/2: ping, and drop the connection if the last ping went unanswered."""
         if not self.connected:
             return
-        if now - self.last_recv > 2 * self.keepalive_s:
-            self.stats.last_error = f"{self.client_id}: no PINGRESP for {2 * self.keepalive_s}s; reconnecting"
+        if self.ping_sent > self.last_recv and now - self.ping_sent > self.keepalive_s / 2:
+            self.stats.last_error = f"{self.client_id}: no PINGRESP within {self.keepalive_s / 2:.0f}s; reconnecting"
             self.transport.abort()  # connection_lost schedules the reconnect
             return
         self.transport.write(wire.PINGREQ)
+        self.ping_sent = now
 
     async def close(self) -> None:
         self.closing = True

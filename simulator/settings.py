@@ -6,6 +6,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse import endpoints
+from fleetpulse.errors import SettingsError
 from fleetpulse.settings import parse_hostports
 
 
@@ -22,7 +23,10 @@ class SimulatorSettings(BaseSettings):
     @field_validator("mqtt_brokers")
     @classmethod
     def _brokers(cls, value: str) -> str:
-        parse_hostports(value, 1883)
+        try:
+            parse_hostports(value, 1883)
+        except SettingsError as exc:
+            raise ValueError(str(exc)) from None  # so load_settings names the variable or flag
         return value
 
     def broker_list(self) -> list[tuple[str, int]]:

@@ -195,3 +195,28 @@ def test_unreachable_broker_exits_1_with_one_line():
 def test_bad_flags_are_usage_errors_naming_the_flag(args, flag):
     run = simulate(*args, check=False)
     assert run.returncode == 2 and flag in run.stderr and "Traceback" not in run.stderr
+
+
+def test_several_worker_processes_share_the_fleet_and_report_one_ground_truth(broker, tmp_path):
+    truth_file = tmp_path / "truth.jsonl"
+    sub = counter(broker, qos=1)
+    run = simulate("--cars", "1100", "--workers", "2", "--connections", "6", "--rate", "1", "--duration", "3", "--qos", "1",
+                   "--failures", "0.1", "--truth-topic", "", "--truth-file", str(truth_file), broker=broker)
+    s = run.summary
+    assert s["workers"] == 2 and s["events_sent"] == 3300 and s["errors"] == 0 and s["connections"] == 6
+    assert sub.wait_quiet(expect=3300, timeout=20) >= 3300
+    sub.stop()
+    truth = [TruthRecord.from_json(line) for line in truth_file.read_text().splitlines()]
+    assert sum(t.mode == HEALTHY for t in truth) == 1100 and len({t.car_id for t in truth}) == 1100
+    assert sum(t.mode != HEALTHY for t in truth) == s["failing_started"] == 110
+
+
+@pytest.mark.slow
+def test_pings_keep_idle_connections_alive_between_sparse_events(broker):
+    # One event per 10 s with a 5 s keepalive: the broker drops a client silent for 7.5 s unless it pings.
+    sub = counter(broker, qos=1)
+    run = simulate("--cars", "20", "--rate", "0.1", "--duration", "15", "--keepalive", "5", "--qos", "1", "--truth-topic", "", broker=broker)
+    s = run.summary
+    assert s["events_sent"] == 40 and s["reconnects"] == 0 and s["errors"] == 0
+    assert sub.wait_quiet(expect=40, timeout=10) == 40
+    sub.stop()
