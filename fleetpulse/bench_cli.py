@@ -86,6 +86,20 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _update_readme(table: str) -> None:
+    """Put the table between the bench-table markers of the README, if it has them."""
+    readme = BENCH_DIR.parent / "README.md"
+    start, end = "<!-- bench-table -->", "<!-- /bench-table -->"
+    try:
+        text = readme.read_text()
+    except FileNotFoundError:
+        return
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
 @click.command()
 @click.argument("names", nargs=-1)
 @click.option("--quick", is_flag=True, help="Pass --quick to every script (smaller runs).")
@@ -103,6 +117,7 @@ def bench(names: tuple[str, ...], quick: bool, table_only: bool) -> None:
                 failed.append(script.stem)
     table = markdown_table(table_rows())
     (RESULTS_DIR / "TABLE.md").write_text(table + "\n")
+    _update_readme(table)
     click.echo(table)
     if failed:
         raise click.ClickException(f"bench scripts failed: {', '.join(failed)}")
