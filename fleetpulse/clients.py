@@ -22,7 +22,7 @@ def require_kafka(bootstrap_servers: str, timeout: float = 10.0) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "socket.connection.setup.timeout.ms": int(timeout * 1000)})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "socket.connection.setup.timeout.ms": int(timeout * 1000), "log_level": 0})
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:

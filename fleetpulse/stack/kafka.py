@@ -120,7 +120,8 @@ class KafkaService(Service):
     def round_trip(self) -> None:
         from confluent_kafka.admin import AdminClient
 
-        md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
+        # log_level 0: while the broker starts, librdkafka would print a connection-refused line per retry.
+        md = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=2)
         if not md.brokers:
             raise RuntimeError("no brokers in metadata")
 
@@ -142,7 +143,7 @@ def ensure_topics(bootstrap: str, specs=None, timeout: float = 15.0) -> list[str
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     specs = list((specs or TOPICS).values()) if isinstance(specs or TOPICS, dict) else list(specs)
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(s.name, s.partitions, 1, config=s.kafka_config()) for s in specs if s.name not in existing]
