@@ -61,7 +61,7 @@ def alerts(objects) -> list[dict]:
     ("consumer lag", r'kafka_consumergroup_lag\{consumergroup="fleetpulse-transformer"'),
     ("dead-letter rate", r'topic="sensor-data-dlq"'),
     ("alert rate", r'topic="alerts"'),
-    ("model server errors", r"fleetpulse_score_model_errors_total"),
+    ("model server errors", r'fleetpulse_transformer_retries_total\{dependency="model-server"\}'),
     ("model server down", r'up\{fleetpulse_service="model-server"\}'),
 ])
 def test_an_alert_covers(overlays, concern, pattern):
