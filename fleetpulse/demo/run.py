@@ -28,8 +28,8 @@ from fleetpulse.topics import ALERTS, GROUND_TRUTH, SENSOR_DATA
 class DemoParams:
     cars: int = 2000
     rate: float = 5.0  # events per second per car
-    train_duration: float = 40.0  # seconds of stream the model trains on
-    duration: float = 60.0  # seconds of stream detection is measured on
+    train_duration: float = 30.0  # seconds of stream the model trains on
+    duration: float = 50.0  # seconds of stream detection is measured on
     sample_interval: float = 10.0  # simulated seconds per event (the original's 1 message / 10 s)
     failures: float = 0.05
     seed: int = 42
@@ -42,7 +42,7 @@ class DemoParams:
     keep_stack: bool = False
     bridge_metrics_port: int = 0
     score_metrics_port: int = 0
-    idle_s: float = 8.0
+    idle_s: float = 5.0
     extra: dict = field(default_factory=dict)
 
     @property
