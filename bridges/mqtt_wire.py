@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from fleetpulse.mqtt_encoding import remaining_length, utf8_string
+
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
 
@@ -28,18 +30,8 @@ class ProtocolError(Exception):
     """The broker sent something this client cannot continue after (reconnect)."""
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def utf8(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack(">H", len(b)) + b
+varint = remaining_length
+utf8 = utf8_string
 
 
 def _packet(first_byte: int, body: bytes) -> bytes:

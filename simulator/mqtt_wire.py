@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fleetpulse.mqtt_encoding import remaining_length, utf8_string
+
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 PINGRESP, DISCONNECT_TYPE = 13, 14
 PINGREQ = b"\xc0\x00"
@@ -29,18 +31,7 @@ CONNACK_REASONS = {
 }
 
 
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(s: str) -> bytes:
-    raw = s.encode()
-    return struct.pack(">H", len(raw)) + raw
+_utf8 = utf8_string
 
 
 def connect_packet(client_id: str, keepalive_s: int, clean_session: bool = True) -> bytes:
