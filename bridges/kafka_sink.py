@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 
 from bridges.settings import BridgeSettings
 from fleetpulse.clients import kafka_config
+from fleetpulse.stack.kafka import ensure_topics as create_missing_topics
 from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ, TOPICS
 
 log = logging.getLogger("fleetpulse.bridge.kafka")
@@ -43,17 +44,8 @@ def build_producer(settings: BridgeSettings, error_cb=None) -> Producer:
 
 def ensure_topics(settings: BridgeSettings, timeout: float = 15.0) -> list[str]:
     """Create the data and dead-letter topics if missing (partitions/retention from fleetpulse.topics)."""
-    admin = AdminClient(kafka_config(settings.kafka_bootstrap_servers))
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [(settings.topic, TOPICS[SENSOR_DATA]), (settings.dlq_topic, TOPICS[SENSOR_DATA_DLQ])]
-    new = [NewTopic(name, spec.partitions, 1, config=spec.kafka_config()) for name, spec in wanted if name not in existing]
-    if not new:
-        return []
-    for name, future in admin.create_topics(new, request_timeout=timeout).items():
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    log.info("created topics %s", [t.topic for t in new])
-    return [t.topic for t in new]
+    specs = [replace(TOPICS[SENSOR_DATA], name=settings.topic), replace(TOPICS[SENSOR_DATA_DLQ], name=settings.dlq_topic)]
+    created = create_missing_topics(settings.kafka_bootstrap_servers, specs, timeout)
+    if created:
+        log.info("created topics %s", created)
+    return created

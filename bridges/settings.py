@@ -5,20 +5,19 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse import endpoints
 from fleetpulse.contract import MQTT_TOPIC_PREFIX
-from fleetpulse.errors import SettingsError
-from fleetpulse.settings import parse_hostports
+from fleetpulse.settings import BrokerList, parse_hostports
 from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ
 
 
 class BridgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_BRIDGE_", extra="ignore")
 
-    mqtt_brokers: str = endpoints.MQTT_BROKERS
+    mqtt_brokers: BrokerList = endpoints.MQTT_BROKERS
     """Comma list of host:port; the bridge subscribes on each (cars may be spread over several brokers)."""
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
@@ -45,15 +44,6 @@ class BridgeSettings(BaseSettings):
     """librdkafka message.timeout.ms; a timed-out record is produced again, never acked to MQTT."""
     metrics_port: int = Field(9100, ge=0, le=65535)
     """Prometheus /metrics port; 0 disables."""
-
-    @field_validator("mqtt_brokers")
-    @classmethod
-    def _brokers_parse(cls, value: str) -> str:
-        try:
-            parse_hostports(value, 1883)
-        except SettingsError as exc:
-            raise ValueError(str(exc)) from None
-        return value
 
     @property
     def broker_endpoints(self) -> list[tuple[str, int]]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from components.features import car_groups, robust_stats, robust_z
 from components.hysteresis import CLEAR_AFTER, RAISE_AFTER, alert_states
-from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord, latest_by_car
+from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord, histories_by_car
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Labelled:
 
 
 def label(keys: np.ndarray, ts_ms: np.ndarray, truth: list[TruthRecord]) -> Labelled:
-    histories = latest_by_car(truth)
+    histories = histories_by_car(truth)
     modes = np.empty(len(keys), dtype=object)
     interval = np.full(len(keys), 10.0)
     for idx in car_groups(keys):

@@ -38,7 +38,7 @@ class TruthRecord:
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
-def latest_by_car(records: Iterable[TruthRecord]) -> dict[str, list[TruthRecord]]:
+def histories_by_car(records: Iterable[TruthRecord]) -> dict[str, list[TruthRecord]]:
     """Group records per car, ordered by onset (a car's state history)."""
     out: dict[str, list[TruthRecord]] = {}
     for r in records:

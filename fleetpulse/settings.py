@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse import endpoints
@@ -54,3 +54,15 @@ def parse_hostports(value: str, default_port: int) -> list[tuple[str, int]]:
     if not out:
         raise SettingsError(f"no endpoints in {value!r}")
     return out
+
+
+def _valid_broker_list(value: str) -> str:
+    try:
+        parse_hostports(value, 1883)
+    except SettingsError as exc:
+        raise ValueError(str(exc)) from None  # pydantic error, so load_settings names the variable or flag
+    return value
+
+
+BrokerList = Annotated[str, AfterValidator(_valid_broker_list)]
+"""A settings field holding ``host:port[,host:port...]`` MQTT brokers, checked at start-up."""

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse import endpoints
-from fleetpulse.errors import SettingsError
-from fleetpulse.settings import parse_hostports
+from fleetpulse.settings import BrokerList, parse_hostports
 
 
 class SimulatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_SIMULATOR_", extra="ignore")
 
-    mqtt_brokers: str = endpoints.MQTT_BROKERS
+    mqtt_brokers: BrokerList = endpoints.MQTT_BROKERS
     """Comma list of host:port; cars are spread over them by car index."""
     kafka_bootstrap_servers: str = endpoints.KAFKA_BOOTSTRAP
     """Where ground truth goes (topic ``ground-truth``)."""
     metrics_port: int = 9102
     """Prometheus /metrics port, served only with ``--metrics``."""
-
-    @field_validator("mqtt_brokers")
-    @classmethod
-    def _brokers(cls, value: str) -> str:
-        try:
-            parse_hostports(value, 1883)
-        except SettingsError as exc:
-            raise ValueError(str(exc)) from None  # so load_settings names the variable or flag
-        return value
 
     def broker_list(self) -> list[tuple[str, int]]:
         return parse_hostports(self.mqtt_brokers, 1883)

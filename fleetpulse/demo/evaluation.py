@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord, latest_by_car, mode_at
+from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord, histories_by_car
 
 
 @dataclass
@@ -84,12 +84,8 @@ def status_per_event(log: EventLog, alerts: list[dict]) -> np.ndarray:
     by_car: dict[str, list[tuple[int, int, str]]] = {}
     for a in alerts:
         by_car.setdefault(a["car_id"], []).append((a["source_partition"], a["source_offset"], a["status"]))
-    order = np.lexsort((log.offset, log.car.astype(str)))
-    cars_sorted = log.car[order]
-    bounds = np.flatnonzero(np.r_[True, cars_sorted[1:] != cars_sorted[:-1], True])
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        idx = order[start:end]
-        history = sorted(by_car.get(cars_sorted[start], []), key=lambda x: x[1])
+    for car, idx in _car_groups(log):
+        history = sorted(by_car.get(car, []), key=lambda x: x[1])
         if not history:
             continue
         offsets = np.array([h[1] for h in history])
@@ -99,13 +95,27 @@ def status_per_event(log: EventLog, alerts: list[dict]) -> np.ndarray:
     return status
 
 
+def _car_groups(log: EventLog):
+    """Yield (car, indices of its events in offset order) without a Python loop per event."""
+    order = np.lexsort((log.offset, log.car.astype(str)))
+    cars_sorted = log.car[order]
+    bounds = np.flatnonzero(np.r_[True, cars_sorted[1:] != cars_sorted[:-1], True])
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        yield cars_sorted[start], order[start:end]
+
+
 def true_modes(log: EventLog, truth: list[TruthRecord]) -> np.ndarray:
-    histories = latest_by_car(truth)
+    """Each event's ground-truth mode: the car's latest truth record with onset_ts <= the event's timestamp."""
+    histories = histories_by_car(truth)
     modes = np.full(len(log.car), HEALTHY, dtype=object)
-    for i, (car, ts) in enumerate(zip(log.car, log.ts_ms)):
-        h = histories.get(car)
-        if h:
-            modes[i] = mode_at(h, int(ts))
+    for car, idx in _car_groups(log):
+        history = histories.get(car)
+        if not history:
+            continue
+        onsets = np.array([r.onset_ts for r in history])
+        labels = np.array([r.mode for r in history], dtype=object)
+        pos = np.searchsorted(onsets, log.ts_ms[idx], side="right") - 1
+        modes[idx] = np.where(pos >= 0, labels[np.clip(pos, 0, None)], HEALTHY)
     return modes
 
 
@@ -116,12 +126,13 @@ def evaluate(log: EventLog, alerts: list[dict], truth: list[TruthRecord]) -> Eva
     failing = modes != HEALTHY
     interval = {r.car_id: r.sample_interval_s for r in truth}
     default_interval = float(np.median(list(interval.values()))) if interval else 10.0
-    per_event_hours = np.array([interval.get(c, default_interval) for c in log.car]) / 3600.0
+    cars, inverse = np.unique(log.car.astype(str), return_inverse=True)
+    per_event_hours = np.array([interval.get(c, default_interval) for c in cars])[inverse] / 3600.0
 
     final_mode = {}
-    for car, history in latest_by_car(truth).items():
+    for car, history in histories_by_car(truth).items():
         final_mode[car] = next((r.mode for r in reversed(history) if r.mode != HEALTHY), HEALTHY)
-    car_mode = np.array([final_mode.get(c, HEALTHY) for c in log.car], dtype=object)
+    car_mode = np.array([final_mode.get(c, HEALTHY) for c in cars], dtype=object)[inverse]
     per_mode = {}
     for mode in FAILURE_MODES:
         sel = car_mode == mode
@@ -130,11 +141,7 @@ def evaluate(log: EventLog, alerts: list[dict], truth: list[TruthRecord]) -> Eva
             per_mode[mode] = {**s.as_dict(), "cars": int(len(set(log.car[sel]))), "events": int(sel.sum())}
 
     delays, missed, false_alerts = [], 0, 0
-    order = np.lexsort((log.offset, log.car.astype(str)))
-    cars_sorted = log.car[order]
-    bounds = np.flatnonzero(np.r_[True, cars_sorted[1:] != cars_sorted[:-1], True])
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        idx = order[start:end]
+    for _, idx in _car_groups(log):
         f, fl = failing[idx], flagged[idx]
         # False alerts: each raise (ok -> flagged) while the car is truly healthy.
         raises = np.flatnonzero(fl & ~np.r_[False, fl[:-1]])

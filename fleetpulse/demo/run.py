@@ -245,9 +245,9 @@ class Demo:
     def _score_traces(self, log, truth, end) -> dict:
         """Scores of a few failing and healthy cars' events, asked from the model server over V2 REST."""
         from fleetpulse.codec import decode_batch
-        from fleetpulse.ground_truth import HEALTHY, latest_by_car
+        from fleetpulse.ground_truth import HEALTHY, histories_by_car
 
-        histories = latest_by_car(truth)
+        histories = histories_by_car(truth)
         failing = [c for c, h in histories.items() if any(r.mode != HEALTHY for r in h)][:4]
         healthy = [c for c, h in histories.items() if all(r.mode == HEALTHY for r in h)][:2]
         wanted = set(failing + healthy)

@@ -7,10 +7,11 @@ import subprocess
 import uuid
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 from fleetpulse.stack.service import Service, ensure_dir
 from fleetpulse.stack.settings import KAFKA_VERSION
-from fleetpulse.topics import TOPICS
+from fleetpulse.topics import TOPICS, TopicSpec
 
 ASSETS = resources.files("fleetpulse.stack") / "assets" / "kafka"
 
@@ -138,13 +139,13 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def ensure_topics(bootstrap: str, specs=None, timeout: float = 15.0) -> list[str]:
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] | None = None, timeout: float = 15.0) -> list[str]:
     """Create the project's topics that do not exist yet; return the names created."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    specs = list((specs or TOPICS).values()) if isinstance(specs or TOPICS, dict) else list(specs)
+    specs = list(TOPICS.values() if specs is None else specs)
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(s.name, s.partitions, 1, config=s.kafka_config()) for s in specs if s.name not in existing]
     created = []
