@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.features import car_groups, robust_stats, robust_z
-from components.hysteresis import CLEAR_AFTER, RAISE_AFTER, alert_states
 from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord, histories_by_car
+from fleetpulse.hysteresis import OK, Rule, status_timeline
 
 
 @dataclass
@@ -97,11 +97,11 @@ def _prf(flags: np.ndarray, failing: np.ndarray) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1, "events": int(failing.sum()) + int((~failing).sum())}
 
 
-def _per_car_states(flags: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    states = np.zeros(len(flags), dtype=bool)
-    for idx in car_groups(keys):
-        states[idx] = alert_states(flags[idx])
-    return states
+def alerting(flags: np.ndarray, keys: np.ndarray, rule: Rule = Rule()) -> np.ndarray:
+    """Per event: is the car's status warning or failing after it, under the serving hysteresis rule
+    (fleetpulse.hysteresis). Events are in stream order per car, as read from Kafka."""
+    _, cars = np.unique(keys, return_inverse=True)
+    return status_timeline(flags, cars, rule) != OK
 
 
 def _delays_and_false_alerts(alerting: np.ndarray, lab: Labelled) -> tuple[list[int], int, int, dict[str, list[int]]]:
@@ -127,7 +127,7 @@ def _delays_and_false_alerts(alerting: np.ndarray, lab: Labelled) -> tuple[list[
     return delays, missed, false_raises, per_mode
 
 
-def metrics_for(flags: np.ndarray, lab: Labelled) -> dict:
+def metrics_for(flags: np.ndarray, lab: Labelled, rule: Rule = Rule()) -> dict:
     """All figures for one set of per-event flags, per row and with the alert hysteresis."""
     failing = lab.failing
     car_hours = float((lab.interval_s).sum() / 3600.0)
@@ -139,8 +139,8 @@ def metrics_for(flags: np.ndarray, lab: Labelled) -> dict:
         subset = (lab.modes == HEALTHY) | (lab.modes == mode)
         if (lab.modes == mode).any():
             out["per_mode"][mode] = _prf(flags[subset], failing[subset])
-    alerting = _per_car_states(flags, lab.keys)
-    delays, missed, false_raises, per_mode_delays = _delays_and_false_alerts(alerting, lab)
+    alerts = alerting(flags, lab.keys, rule)
+    delays, missed, false_raises, per_mode_delays = _delays_and_false_alerts(alerts, lab)
     row_delays, row_missed, _, row_mode_delays = _delays_and_false_alerts(flags, lab)
     out["median_detection_delay"] = float(np.median(row_delays)) if row_delays else None
     out["failures_detected"] = len(row_delays)
@@ -149,9 +149,8 @@ def metrics_for(flags: np.ndarray, lab: Labelled) -> dict:
         if mode in out["per_mode"]:
             out["per_mode"][mode]["median_detection_delay"] = float(np.median(d)) if d else None
     out["hysteresis"] = {
-        "raise_after": RAISE_AFTER,
-        "clear_after": CLEAR_AFTER,
-        **_prf(alerting, failing),
+        "rule": {"n": rule.n, "k_warning": rule.k_warning, "k_failing": rule.k_failing, "m": rule.m},
+        **_prf(alerts, failing),
         "median_detection_delay": float(np.median(delays)) if delays else None,
         "failures_missed": missed,
         "false_alerts_per_1000_car_hours": 1000.0 * false_raises / car_hours if car_hours else 0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fleetpulse.codec import encode_one
 from fleetpulse.contract import ALERT_V1_ID
 
-from inference.hysteresis import STATUS_NAMES
+from fleetpulse.hysteresis import STATUS_NAMES
 
 
 def alert_record(car_id: str, previous: int, status: int, score: float, threshold: float, model_version: str,

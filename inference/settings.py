@@ -6,6 +6,9 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse import endpoints, topics
+from fleetpulse.hysteresis import Rule
+
+_RULE = Rule()  # the kernel's rule, which evaluate calibrates and reports with
 
 DEFAULT_MODEL = "car-anomaly"
 
@@ -56,10 +59,10 @@ class ScoreSettings(BaseSettings):
     model_batch: int = Field(2000, ge=1, description="rows per infer request")
     max_in_flight: int = Field(4, ge=1, description="infer requests in flight")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="alerts flushed, twin written, offsets committed")
-    hysteresis_n: int = Field(10, ge=1, le=62)
-    hysteresis_k_warning: int = Field(3, ge=1)
-    hysteresis_k_failing: int = Field(6, ge=1)
-    hysteresis_m: int = Field(5, ge=1)
+    hysteresis_n: int = Field(_RULE.n, ge=1, le=62)
+    hysteresis_k_warning: int = Field(_RULE.k_warning, ge=1)
+    hysteresis_k_failing: int = Field(_RULE.k_failing, ge=1)
+    hysteresis_m: int = Field(_RULE.m, ge=1)
     metrics_port: int = Field(9101, ge=0, le=65535)  # 0 = no metrics server
     retry_max_s: float = Field(5.0, gt=0)
 

@@ -25,7 +25,7 @@ from fleetpulse.contract import INT_FIELDS, N_FEATURES, SENSOR_FIELDS
 from fleetpulse.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEADER
 
 from inference.alerts import alert_record, encode_alert
-from inference.hysteresis import STATUS_NAMES, Hysteresis, Rule
+from fleetpulse.hysteresis import STATUS_NAMES, Hysteresis, Rule
 from inference.v2_client import V2Client
 
 CONSUMED = Counter("fleetpulse_transformer_consumed", "Records consumed from sensor-data")

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.hysteresis import FAILING, OK, WARNING, Hysteresis, Rule, step
+from fleetpulse.hysteresis import FAILING, OK, WARNING, Hysteresis, Rule, step
 
 RULE = Rule(n=10, k_warning=3, k_failing=6, m=5)
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from components.evaluate import best_f1_threshold, label, metrics_for, threshold_for_recall
 from components.features import car_windows, robust_stats
-from components.hysteresis import alert_states
+from fleetpulse.hysteresis import Rule, status_timeline
 from fleetpulse.ground_truth import HEALTHY, TruthRecord
 
 
@@ -23,9 +23,9 @@ def test_detection_delay_counts_events_from_onset_to_first_alert():
     keys = np.array([b"a"] * 8, dtype=object)
     lab = label(keys, np.arange(8) * 1000, truth)
     flags = np.array([False, False, False, False, True, True, True, True])
-    m = metrics_for(flags, lab)
+    m = metrics_for(flags, lab, Rule(n=10, k_warning=3, k_failing=6, m=5))
     assert m["median_detection_delay"] == 2.0  # onset at event 2, first flag at event 4
-    assert m["hysteresis"]["median_detection_delay"] == 3.0  # raised after 2 consecutive flags
+    assert m["hysteresis"]["median_detection_delay"] == 4.0  # warning on the third flag: event 6
     assert m["car_hours"] == 8.0
     assert m["recall"] == 4 / 6 and m["precision"] == 1.0
 
@@ -34,15 +34,24 @@ def test_false_alerts_are_per_1000_simulated_car_hours():
     truth = [TruthRecord("a", HEALTHY, 0, 0.0, sample_interval_s=10.0)]
     keys = np.array([b"a"] * 360, dtype=object)  # 360 events x 10 s = 1 car-hour
     flags = np.zeros(360, dtype=bool)
-    flags[[10, 11, 200]] = True
-    m = metrics_for(flags, label(keys, np.arange(360) * 10_000, truth))
-    assert m["false_alerts_per_1000_car_hours"] == 3000.0
-    assert m["hysteresis"]["false_alerts_per_1000_car_hours"] == 1000.0  # only the pair raises an alert
+    flags[[10, 11, 12, 200]] = True
+    m = metrics_for(flags, label(keys, np.arange(360) * 10_000, truth), Rule(n=10, k_warning=3, k_failing=6, m=5))
+    assert m["false_alerts_per_1000_car_hours"] == 4000.0
+    assert m["hysteresis"]["false_alerts_per_1000_car_hours"] == 1000.0  # only the run of three raises an alert
 
 
-def test_hysteresis_raises_after_consecutive_flags_and_clears_after_quiet_ones():
-    flags = np.array([1, 0, 1, 1, 0, 1, 0, 0, 0, 1], dtype=bool)
-    assert alert_states(flags, raise_after=2, clear_after=3).tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 0, 0]
+def test_evaluation_replays_the_serving_hysteresis_per_car_over_interleaved_events():
+    rule = Rule(n=4, k_warning=2, k_failing=3, m=2)
+    one_car = np.array([1, 0, 1, 1, 0, 0, 1, 0], dtype=bool)
+    # status after each reading: warning on the 2nd flag of 4, failing on the 3rd, ok after 2 clean
+    expected = [0, 0, 1, 2, 2, 0, 0, 0]
+    assert status_timeline(one_car, np.zeros(8, np.int64), rule).tolist() == expected
+    # the same car interleaved with a quiet one (as partitions interleave cars) gets the same statuses
+    flags = np.empty(16, dtype=bool)
+    flags[0::2], flags[1::2] = one_car, False
+    cars = np.tile([0, 1], 8)
+    timeline = status_timeline(flags, cars, rule)
+    assert timeline[0::2].tolist() == expected and not timeline[1::2].any()
 
 
 def test_calibrated_threshold_separates_when_scores_separate():

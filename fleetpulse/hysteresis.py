@@ -1,5 +1,9 @@
 """Per-car alert hysteresis: turn per-reading anomaly flags into a status ok / warning / failing.
 
+One rule for the whole product: the training pipeline's evaluate step calibrates the threshold and
+reports its metrics through it, and the serving transformer applies it to the live stream, so the
+figures a model is published with are the figures the alerts it raises will have.
+
 Rule (per car, in stream order): keep the flags of the last ``n`` readings; ``k_warning`` of them over
 threshold raises ok -> warning, ``k_failing`` raises to failing (from ok or warning); ``m``
 consecutive clean readings clear back to ok and forget the window. One noisy reading never alerts,
@@ -65,10 +69,11 @@ class Hysteresis:
     def set(self, car: int, status: int, bits: int, clean: int) -> None:
         self.status[car], self.bits[car], self.clean[car] = status, bits, clean
 
-    def apply(self, cars: np.ndarray, over: np.ndarray) -> list[tuple[int, int, int]]:
+    def apply(self, cars: np.ndarray, over: np.ndarray, timeline: np.ndarray | None = None) -> list[tuple[int, int, int]]:
         """Apply readings (car index and over-threshold flag per reading, stream order).
 
-        Returns the status changes as (reading index, previous status, new status), in order.
+        Returns the status changes as (reading index, previous status, new status), in order. With
+        ``timeline`` (int8 [len(cars)]), also writes each reading's status after it was applied.
         """
         if len(cars) == 0:
             return []
@@ -84,11 +89,29 @@ class Hysteresis:
             self.clean[fast] += shift
         changes = []
         rule, status, bits, clean = self.rule, self.status, self.bits, self.clean
-        for i in np.flatnonzero(slow[cars]).tolist():
+        slow_readings = np.flatnonzero(slow[cars])
+        if timeline is not None:
+            timeline[:] = OK  # a fast car's status cannot change within the batch
+        for i in slow_readings.tolist():
             c = int(cars[i])
             old = int(status[c])
             new, b, k = step(rule, old, int(bits[c]), int(clean[c]), bool(over[i]))
             status[c], bits[c], clean[c] = new, b, k
+            if timeline is not None:
+                timeline[i] = new
             if new != old:
                 changes.append((i, old, new))
         return changes
+
+
+def status_timeline(flags: np.ndarray, cars: np.ndarray, rule: Rule = Rule()) -> np.ndarray:
+    """Status after every reading (int8, OK / WARNING / FAILING) for readings in stream order.
+
+    ``cars`` are small integer car indices; every car starts ``ok``. This is what evaluation scores
+    against ground truth: the transformer's alerts, replayed offline.
+    """
+    cars = np.asarray(cars, np.int64)
+    hyst = Hysteresis(rule, int(cars.max()) + 1 if len(cars) else 1)
+    out = np.zeros(len(cars), np.int8)
+    hyst.apply(cars, np.asarray(flags, bool), out)
+    return out
