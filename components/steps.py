@@ -85,7 +85,7 @@ def train_step(p: TrainParams, out_dir: Path, progress: Progress = _quiet) -> di
         model, x = models.build_lstm(center, scale, p.window), features.car_windows(values, keys, p.window, np.sort(rows))
     t1 = time.monotonic()
     losses = models.fit(model, x, p.epochs, p.batch_size, p.seed,
-                        progress=lambda e, n, loss: progress(f"train: epoch {e}/{n} loss {loss:.4f}"))
+                        progress=lambda stage, i, n, loss: progress(f"train: {stage} {i}/{n} loss {loss:.4f}"))
     fit_s = time.monotonic() - t1
     rscale = models.residual_scale(model, x)
     models.export(model, Path(out_dir) / "model", p.model_type, p.window, rscale)

@@ -63,10 +63,12 @@ def _derived_rows(name: str, data: dict) -> list[dict]:
             rows.append({"metric": f"TF-IO Kafka read + decode ({data.get('records', 0):,} records)", "value": round(rps["tfio_read_decode"]),
                          "unit": "rec/s", "baseline": round(base) if base else None, "ratio": data.get("ratio_tfio_read_decode_vs_baseline"),
                          "target": ">= 100,000"})  # fmt: skip
-        epoch = data.get("autoencoder_epoch", {})
-        if epoch:
-            rows.append({"metric": "autoencoder epoch over the records", "value": epoch.get("epoch_s"), "unit": "s", "baseline": None, "ratio": None,
-                         "target": f"{round(epoch.get('epoch_rows_per_s', 0)):,} rows/s"})  # fmt: skip
+        fit = data.get("fit", {})
+        if fit:
+            rows.append({"metric": f"autoencoder fit over the records ({fit.get('autoencoder_fit')})", "value": fit.get("autoencoder_fit_s"),
+                         "unit": "s", "baseline": None, "ratio": None, "target": f"{round(fit.get('autoencoder_fit_rows_per_s', 0)):,} rows/s"})
+            rows.append({"metric": "LSTM epoch, scaled to 1M windows", "value": fit.get("lstm_epoch_s_per_1m_rows"), "unit": "s",
+                         "baseline": None, "ratio": None, "target": f"{round(fit.get('lstm_epoch_rows_per_s', 0)):,} windows/s"})  # fmt: skip
     return rows
 
 

@@ -1,4 +1,9 @@
-"""Fixtures for training tests: a small synthetic fleet on unique Kafka topics, a unique model bucket."""
+"""Fixtures for training tests: a small fleet on unique Kafka topics, a unique model bucket.
+
+The fleet that quality is asserted on comes from the simulator's own car model (stepped here without
+MQTT: the same values, failures and ground truth `fleetpulse simulate` publishes). The smaller
+synthetic fleet (components/synthetic.py) serves the plumbing tests.
+"""
 
 from __future__ import annotations
 
@@ -43,9 +48,33 @@ class FleetTopics:
     fleet: Fleet
 
 
-def _fleet_topics(bootstrap: str, **kwargs) -> FleetTopics:
+def simulated_fleet(n_cars: int, n_events: int, failures: float, seed: int, interval_s: float = 10.0) -> Fleet:
+    """The simulator's car model, stepped in memory; Kafka timestamps and truth on one clock, as it publishes."""
+    import time
+
+    import numpy as np
+
+    from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord
+    from simulator.car_model import car_id, make_blocks
+    from simulator.failures import plan_failures
+
+    plan = plan_failures(n_cars, n_events, failures, seed)
+    blocks = make_blocks(n_cars, seed, plan, interval_s)
+    interval_ms = int(interval_s * 1000)
+    t0 = int(time.time() * 1000) - n_events * interval_ms
+    values = np.concatenate([b.step().values for _ in range(n_events) for b in blocks]).astype(np.float32)
+    ids = [car_id(i) for i in range(n_cars)]
+    truth = [TruthRecord(c, HEALTHY, t0, 0.0, 0, interval_s) for c in ids]
+    for car in np.flatnonzero(plan.mode).tolist():
+        onset = int(plan.onset_seq[car])
+        truth.append(TruthRecord(ids[car], FAILURE_MODES[plan.mode[car] - 1], t0 + onset * interval_ms, 1.0, onset, interval_s))
+    ts = t0 + np.repeat(np.arange(n_events, dtype=np.int64) * interval_ms, n_cars)
+    return Fleet(values, ids * n_events, ts, truth, interval_s)
+
+
+def _fleet_topics(bootstrap: str, simulated: bool = False, **kwargs) -> FleetTopics:
     suffix = uuid.uuid4().hex[:10]
-    fleet = make_fleet(**kwargs)
+    fleet = simulated_fleet(**kwargs) if simulated else make_fleet(**kwargs)
     ft = FleetTopics(bootstrap, f"train-sensor-{suffix}", f"train-truth-{suffix}", fleet)
     produce_fleet(bootstrap, fleet, ft.topic, ft.truth_topic)
     return ft
@@ -53,8 +82,8 @@ def _fleet_topics(bootstrap: str, **kwargs) -> FleetTopics:
 
 @pytest.fixture(scope="session")
 def fleet_topics(kafka_bootstrap) -> FleetTopics:
-    """60 cars x 300 events (18,000 records over 3 partitions), half of the cars develop a failure."""
-    return _fleet_topics(kafka_bootstrap, n_cars=60, n_events=300)
+    """The simulator's cars: 400 x 60 events (24,000 records over 3 partitions); 5% develop a failure, its default."""
+    return _fleet_topics(kafka_bootstrap, simulated=True, n_cars=400, n_events=60, failures=0.05, seed=11)
 
 
 @pytest.fixture
