@@ -92,11 +92,13 @@ def _unset(value: int | None) -> int:
 def _summary(result: dict, seconds: float) -> None:
     m = result["metrics"]
     base = m["baseline_robust_z"]
-    delay = m.get("median_detection_delay")
+    alerts = m.get("hysteresis", {})
+    delay = alerts.get("median_detection_delay")
     click.echo(
         f"published {result['model_uri']} (version {result['version']}) in {seconds:.0f}s from {result['records']} records: "
-        f"F1 {m['f1']:.3f} precision {m['precision']:.3f} recall {m['recall']:.3f}, median delay "
-        f"{'n/a' if delay is None else f'{delay:g}'} events, {m['false_alerts_per_1000_car_hours']:.1f} false alerts/1000 car-h; "
+        f"per reading F1 {m['f1']:.3f} precision {m['precision']:.3f} recall {m['recall']:.3f}; as alerts (serving hysteresis) "
+        f"F1 {alerts.get('f1', float('nan')):.3f}, median delay {'n/a' if delay is None else f'{delay:g}'} events, "
+        f"{alerts.get('false_alerts_per_1000_car_hours', float('nan')):.1f} false alerts/1000 car-h; "
         f"robust z-score baseline F1 {base['f1']:.3f}",
         err=True,
     )

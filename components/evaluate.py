@@ -62,6 +62,13 @@ def calibration_half(keys: np.ndarray) -> np.ndarray:
     return np.fromiter(((zlib.crc32(b"calibrate:" + k) & 1) == 0 for k in keys), dtype=bool, count=len(keys))
 
 
+HEALTHY_SCORE = 1.0
+"""A model score of 1 is the healthy 99.9th percentile of the worst feature on the training window
+(components.models.residual_scale). A threshold below it flags readings the training window calls
+healthy. With few failing cars to calibrate on, best-F1 can land there (0.93 on a 100-car fleet with
+25% failing, 600 false alerts per 1,000 car-hours), so the calibrated threshold never goes below it."""
+
+
 def best_f1_threshold(scores: np.ndarray, failing: np.ndarray) -> float:
     """The threshold (flag = score > t) maximising per-row F1; midway between neighbouring scores."""
     order = np.argsort(-scores, kind="stable")
@@ -183,7 +190,7 @@ def evaluate_scores(scores: np.ndarray, baseline_scores: np.ndarray, lab: Labell
     report = ~calib if calibrated_on == "half" else calib
     sub = Labelled(lab.keys[report], lab.ts_ms[report], lab.modes[report], lab.interval_s[report])
 
-    threshold = best_f1_threshold(scores[calib], lab.failing[calib])
+    threshold = max(best_f1_threshold(scores[calib], lab.failing[calib]), HEALTHY_SCORE)
     metrics = metrics_for(scores[report] > threshold, sub)
     metrics["threshold"] = threshold
     metrics["calibrated_on"] = calibrated_on
