@@ -25,7 +25,7 @@ def _check_window(from_ts, to_ts, from_flag: str, to_flag: str) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_type", type=click.Choice(MODEL_TYPES), default="autoencoder", show_default=True, help="Model type to train.")
-@click.option("--epochs", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=20, show_default=True, help="LSTM training epochs (the autoencoder is solved in closed form).")
 @click.option("--topic", default=topics.SENSOR_DATA, show_default=True, help="Kafka topic of cardata-v1 events.")
 @click.option("--truth-topic", default=topics.GROUND_TRUTH, show_default=True, help="Kafka topic of the simulator's ground truth.")
 @click.option("--from-ts", type=click.IntRange(min=0), default=None, help="Train on records with Kafka timestamp >= this (ms).")
