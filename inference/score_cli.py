@@ -43,7 +43,8 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
         start_http_server(settings.metrics_port)
     signal.signal(signal.SIGTERM, lambda *_: transformer.stop())
     progress(f"scoring {settings.topic} (group {settings.group_id}) with {settings.model_name} at {settings.model_grpc}; "
-             f"alerts -> {settings.alerts_topic}, twin -> {settings.twin_database}.{settings.twin_collection}"
+             f"alerts -> {settings.alerts_topic}, twin -> {settings.twin_database}.{settings.twin_collection} "
+             f"(status changes at once, others every {settings.twin_interval_s:g}s)"
              + (f"; until idle for {until_idle}s" if until_idle else ""))
     try:
         summary = transformer.run(until_idle_s=until_idle, max_events=max_events)
@@ -56,7 +57,8 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
     else:
         click.echo(f"consumed {result['consumed']:,} events ({result['events_per_s']:,.0f}/s), scored {result['scored']:,}, "
                    f"alerts {result['alerts']:,} {result['alerts_by_status']}, dead-lettered {result['dlq']:,}, "
-                   f"replays skipped {result['skipped_replayed']:,}, cars {result['cars']:,}, twin writes {result['twin_writes']:,}")
+                   f"replays skipped {result['skipped_replayed']:,}, cars {result['cars']:,}, twin writes {result['twin_writes']:,} "
+                   f"({result['twin_inserts']:,} new)")
 
 
 def build(settings, progress):

@@ -3,9 +3,30 @@
 No-loss ordering: a poll batch is decoded (bad records produced to the DLQ), cut into micro-batches
 that go to the model server with several requests in flight, and the results are applied strictly in
 submission order (the hysteresis is sequential per car). Every ``checkpoint_interval_s`` the loop
-waits until Kafka has acknowledged every alert and DLQ record, writes the changed twins in one bulk,
-and only then commits the offsets it has applied. A crash between those steps replays from the last
-commit; the twin's stored offsets make the replay skip what was already applied.
+waits until Kafka has acknowledged every alert and DLQ record, hands a snapshot of the due twins to
+the writer thread, and commits offsets only once that snapshot is written. A crash anywhere replays
+from the last commit; the twin's stored per-partition offsets make the replay skip what it has.
+
+Deferred twins. Writing every changed car every second does not fit FerretDB (100,000 cars sending
+every 10 s would be 10,000 upserts/s), so a car is written at the next checkpoint only when its
+status changed, when it has no twin document yet (inserted, not upserted), or when its last write is
+``twin_interval_s`` old; the others wait, at most ``twin_batch_max`` per bulk, longest-waiting first.
+A deferred car's newest events then exist nowhere durable except Kafka, so the commit must not pass
+them. Each car remembers ``pending_from``, the offset (on ``pending_part``) of its first applied
+event that no written snapshot contains; the commit of partition p is at most the smallest
+``pending_from`` of the cars left out of the snapshot on p (and at most what was applied). So:
+
+- every event at or above a partition's committed offset is still in Kafka, and every event below it
+  is in a durable twin (its car was in a written snapshot that included it, or it was skipped as
+  already there) or produced nothing (DLQ'd, and acknowledged);
+- a replay from the commit starts each car from its stored twin: status, counters, hysteresis window
+  and clean streak, offsets. Events at or below the stored offset are skipped, later ones re-applied
+  in order, so the state it reaches is the state the crashed run had (same model version => same
+  scores). Status changes are never deferred, so an alert whose twin write was lost is produced again
+  on replay (at least once), never lost;
+- commits lag the stream by up to ``twin_interval_s`` (plus write time), which bounds the replay.
+
+The end of a run and a partition revoke write every car with applied events before the last commit.
 """
 
 from __future__ import annotations
@@ -39,6 +60,11 @@ BATCH_ROWS = Histogram("fleetpulse_transformer_infer_batch_rows", "Rows per infe
 E2E_LATENCY = Histogram("fleetpulse_transformer_event_to_alert_seconds", "Kafka timestamp of the event -> alert acknowledged",
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LAG = Gauge("fleetpulse_transformer_consumer_lag", "High watermark minus committed position", ["partition"])
+TWIN_WRITES = Counter("fleetpulse_transformer_twin_writes", "Twin documents written (insert: car had none; update: upsert)", ["kind"])
+TWIN_WRITE_RATE = Gauge("fleetpulse_transformer_twin_write_rate", "Twin documents per second of the last bulk write")
+TWINS_PENDING = Gauge("fleetpulse_transformer_twins_pending", "Cars whose applied events are in no durable twin yet (incl. the bulk in flight)")
+TWIN_WRITE_SECONDS = Histogram("fleetpulse_transformer_twin_write_seconds", "Seconds per twin bulk write (retries included)",
+                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
 _INT_COLS = [i for i, name in enumerate(SENSOR_FIELDS) if name in INT_FIELDS]
 
 
@@ -66,15 +92,27 @@ class CarTable:
         self.rows = np.zeros((size, N_FEATURES), np.float32)
         self.dirty = np.zeros(size, bool)
         self.offsets: list[dict[str, int]] = [{} for _ in range(size)]
+        # Twin bookkeeping (see the module docstring): where the first applied event that is in no
+        # durable twin yet sits, whether the status changed since the last write, whether a twin
+        # document exists, and when the car was last handed to the writer.
+        self.pending_part = np.full(size, -1, np.int32)
+        self.pending_from = np.full(size, -1, np.int64)
+        self.urgent = np.zeros(size, bool)
+        self.has_twin = np.zeros(size, bool)
+        self.written_at = np.zeros(size, np.float64)
+
+    _ARRAYS = ("part", "off", "events", "over", "alerts", "score", "seen", "rows", "dirty",
+               "pending_part", "pending_from", "urgent", "has_twin", "written_at")
+    _MINUS_ONE = ("part", "off", "pending_part", "pending_from")
 
     def _grow(self, size: int) -> None:
         old = len(self.part)
         if size <= old:
             return
         new = max(size, 2 * old)
-        for name in ("part", "off", "events", "over", "alerts", "score", "seen", "rows", "dirty"):
+        for name in self._ARRAYS:
             arr = getattr(self, name)
-            fill = np.full((new - old, *arr.shape[1:]), -1 if name in ("part", "off") else 0, arr.dtype)
+            fill = np.full((new - old, *arr.shape[1:]), -1 if name in self._MINUS_ONE else 0, arr.dtype)
             setattr(self, name, np.concatenate([arr, fill]))
         self.offsets += [{} for _ in range(new - old)]
         self.hysteresis.ensure(new)
@@ -105,23 +143,72 @@ class CarTable:
         self.hysteresis.set(car, status, int(hyst.get("window_bits", 0)), int(hyst.get("clean_streak", 0)))
 
     def twin_fields(self, car: int, threshold: float, model_version: str) -> dict:
-        row = self.rows[car].tolist()
+        return self.snapshot(np.array([car]), threshold, model_version).fields(0)
+
+    def snapshot(self, cars: np.ndarray, threshold: float, model_version: str) -> "TwinSnapshot":
+        """A copy of these cars' twin state that the writer thread can turn into documents while scoring goes on."""
+        h = self.hysteresis
+        return TwinSnapshot(
+            ids=[self.ids[c] for c in cars.tolist()], status=h.status[cars], bits=h.bits[cars], clean=h.clean[cars],
+            score=self.score[cars], seen=self.seen[cars], rows=self.rows[cars], events=self.events[cars], over=self.over[cars],
+            alerts=self.alerts[cars], offsets=[dict(self.offsets[c]) for c in cars.tolist()], has_twin=self.has_twin[cars],
+            threshold=float(threshold), model_version=model_version)
+
+
+@dataclass
+class TwinSnapshot:
+    ids: list[str]
+    status: np.ndarray
+    bits: np.ndarray
+    clean: np.ndarray
+    score: np.ndarray
+    seen: np.ndarray
+    rows: np.ndarray
+    events: np.ndarray
+    over: np.ndarray
+    alerts: np.ndarray
+    offsets: list[dict[str, int]]
+    has_twin: np.ndarray
+    threshold: float
+    model_version: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _body(self, i: int) -> dict:
+        row = self.rows[i].tolist()
         readings = dict(zip(SENSOR_FIELDS, row))
-        for i in _INT_COLS:
-            readings[SENSOR_FIELDS[i]] = int(round(row[i]))
-        fields = {
-            "status": STATUS_NAMES[int(self.hysteresis.status[car])],
-            "last_score": float(self.score[car]),
-            "threshold": float(threshold),
-            "model_version": model_version,
-            "last_seen_ms": int(self.seen[car]),
+        for j in _INT_COLS:
+            readings[SENSOR_FIELDS[j]] = int(round(row[j]))
+        return {
+            "status": STATUS_NAMES[int(self.status[i])],
+            "last_score": float(self.score[i]),
+            "threshold": self.threshold,
+            "model_version": self.model_version,
+            "last_seen_ms": int(self.seen[i]),
             "last_readings": readings,
-            "counters": {"events": int(self.events[car]), "over_threshold": int(self.over[car]), "alerts": int(self.alerts[car])},
-            "hysteresis": {"window_bits": int(self.hysteresis.bits[car]), "clean_streak": int(self.hysteresis.clean[car])},
+            "counters": {"events": int(self.events[i]), "over_threshold": int(self.over[i]), "alerts": int(self.alerts[i])},
+            "hysteresis": {"window_bits": int(self.bits[i]), "clean_streak": int(self.clean[i])},
         }
-        for p, o in self.offsets[car].items():
+
+    def fields(self, i: int) -> dict:
+        """``$set`` fields of an existing twin; offsets per partition, so other partitions' stay."""
+        fields = self._body(i)
+        for p, o in self.offsets[i].items():
             fields[f"offsets.{p}"] = o
         return fields
+
+    def document(self, i: int) -> dict:
+        return {"_id": self.ids[i], **self._body(i), "offsets": self.offsets[i]}
+
+    def write(self, twins) -> None:
+        """Insert the twins of cars that have none, upsert the others."""
+        new = np.flatnonzero(~self.has_twin).tolist()
+        old = np.flatnonzero(self.has_twin).tolist()
+        if new:
+            twins.insert([self.document(i) for i in new])
+        if old:
+            twins.write([(self.ids[i], self.fields(i)) for i in old])
 
 
 @dataclass
@@ -147,6 +234,7 @@ class Summary:
     alerts: int = 0
     alerts_by_status: dict = field(default_factory=lambda: {s: 0 for s in STATUS_NAMES})
     twin_writes: int = 0
+    twin_inserts: int = 0  # of twin_writes, cars that had no twin yet
     checkpoints: int = 0
     retries: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -182,6 +270,8 @@ class Transformer:
         self._stop = False
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="twin-writer")
         self._writing = None  # (future, offsets it covers, cars) of the snapshot being written
+        self._known: dict[str, dict] | None = None  # twins not yet restored, when the collection was loaded whole
+        self._load_per_batch = settings.twin_preload_max == 0
 
     # ---- main loop -------------------------------------------------------------------------
 
@@ -312,15 +402,32 @@ class Transformer:
         """Load first-seen cars' twins, so counting continues and replayed offsets are recognised."""
         t = self.table
         ids = [t.ids[c] for c in new]
-        docs = self._retry("mongodb", lambda: self.twins.load(ids))
+        docs = self._load(ids)
         first_partition = dict(zip(cars[::-1].tolist(), partitions[::-1].tolist()))
+        now = time.monotonic()
         for c, car_id in zip(new, ids):
             doc = docs.get(car_id)
             if doc is not None:
                 t.restore(c, doc)
+                t.has_twin[c] = True
+                t.written_at[c] = now  # its twin is current: the next periodic write is due one interval from now
                 p = first_partition.get(c)
                 if p is not None:
                     t.part[c], t.off[c] = p, t.offsets[c].get(str(p), -1)
+
+    def _load(self, ids: list[str]) -> dict[str, dict]:
+        """Existing twins of first-seen cars: from one load of the whole collection while it is small
+        enough (FerretDB scans the table for every `$in` query), else queried per poll batch."""
+        if self._known is None and not self._load_per_batch:
+            if self._retry("mongodb", self.twins.count) <= self.s.twin_preload_max:
+                self._known = self._retry("mongodb", self.twins.load_all)
+                self.progress(f"loaded {len(self._known):,} existing twins")
+            else:
+                self._load_per_batch = True
+        if self._load_per_batch:
+            return self._retry("mongodb", lambda: self.twins.load(ids))
+        known = self._known
+        return {i: known.pop(i) for i in ids if i in known}
 
     def _dead_letter(self, msgs, errors: dict[int, str]) -> None:
         ts = str(now_ms()).encode()
@@ -387,10 +494,24 @@ class Transformer:
         t.part[uniq] = chunk.partitions[last]
         t.off[uniq] = chunk.offsets[last]
         t.dirty[uniq] = True
+        self._hold(uniq, chunk, last)
         for c, p, o in zip(uniq.tolist(), chunk.partitions[last].tolist(), chunk.offsets[last].tolist()):
             t.offsets[c][str(p)] = o
         if changes:
+            t.urgent[cars[[i for i, _, _ in changes]]] = True
             self._alert(chunk, score, changes)
+
+    def _hold(self, uniq: np.ndarray, chunk: Chunk, last: np.ndarray) -> None:
+        """Remember each car's first event that no durable twin has yet: commits stay below it."""
+        t = self.table
+        _, first = np.unique(chunk.cars, return_index=True)  # same sorted cars as uniq
+        fresh = t.pending_from[uniq] < 0
+        t.pending_part[uniq[fresh]] = chunk.partitions[first[fresh]]
+        t.pending_from[uniq[fresh]] = chunk.offsets[first[fresh]]
+        # A car whose events moved partition (topic resized) is written at once: its hold is tracked on one partition.
+        moved = t.pending_part[uniq] != chunk.partitions[last]
+        if moved.any():
+            t.urgent[uniq[moved]] = True
 
     def _alert(self, chunk: Chunk, score: np.ndarray, changes) -> None:
         decided = now_ms()
@@ -437,35 +558,84 @@ class Transformer:
     # ---- checkpoint: alerts acked -> twin written -> offsets committed ------------------------
 
     def checkpoint(self, wait: bool = True) -> None:
-        """Alerts acked -> twin snapshot written -> its offsets committed.
+        """Alerts acked -> twin snapshot written -> offsets committed, no further than durable twins cover.
 
-        The twin bulk runs on a writer thread (FerretDB takes ~1 s for a few hundred updates and must not
-        stall scoring); the offsets of a snapshot are committed only once its write has succeeded. With
-        ``wait`` the call returns only when everything applied so far is written and committed.
+        The snapshot holds the cars that are due (status changed, no twin yet, or not written for
+        ``twin_interval_s``), at most ``twin_batch_max`` of them; it is written on the writer thread and
+        its offsets are committed once that write has succeeded. With ``wait`` every car with applied
+        events is in the snapshot, and the call returns only when all of it is written and committed.
         """
         self._last_checkpoint = time.monotonic()
         self._finish_write(wait)
         if self._writing is not None:
             return  # the previous snapshot is still being written; the next checkpoint picks this up
-        if not self.applied and not self.table.dirty.any():
+        t = self.table
+        if not self.applied and not t.dirty.any():
             return
         self._flush_producer()
-        t = self.table
-        dirty = np.flatnonzero(t.dirty).tolist()
-        updates = [(t.ids[c], t.twin_fields(c, self.threshold, self.model_version)) for c in dirty]
-        t.dirty[dirty] = False
-        to_commit = {p: o for p, o in self.applied.items() if self.committed.get(p, -1) < o}
-        self._writing = (self._writer.submit(self._retry, "mongodb", lambda: self.twins.write(updates)), to_commit, len(updates))
+        cars = self._due(all_=wait)
+        snapshot = t.snapshot(cars, self.threshold, self.model_version)
+        t.dirty[cars] = t.urgent[cars] = False
+        t.pending_part[cars] = t.pending_from[cars] = -1
+        t.has_twin[cars] = True
+        t.written_at[cars] = self._last_checkpoint
+        to_commit = self._commit_positions()
+        TWINS_PENDING.set(int(t.dirty.sum()) + len(cars))
+        if len(cars) or to_commit:
+            self._writing = (self._writer.submit(self._write, snapshot), to_commit, snapshot)
         if wait:
             self._finish_write(wait=True)
+
+    def _due(self, all_: bool) -> np.ndarray:
+        """Cars to write now: urgent ones always, then those without a twin, then the longest unwritten."""
+        t = self.table
+        n = len(t.ids)
+        dirty = t.dirty[:n]
+        if all_:
+            return np.flatnonzero(dirty)
+        stale = (time.monotonic() - t.written_at[:n]) >= self.s.twin_interval_s
+        cars = np.flatnonzero(dirty & (t.urgent[:n] | ~t.has_twin[:n] | stale))
+        if len(cars) > self.s.twin_batch_max:
+            urgent = cars[t.urgent[cars]]
+            rest = cars[~t.urgent[cars]]
+            rest = rest[np.argsort(t.written_at[rest], kind="stable")][: max(0, self.s.twin_batch_max - len(urgent))]
+            cars = np.concatenate([urgent, rest])
+        return cars
+
+    def _commit_positions(self) -> dict[int, int]:
+        """Per partition, the last offset whose effect is durable once the snapshot is: what was applied,
+        but below the first held event of any car left out of the snapshot."""
+        t = self.table
+        held = t.dirty & (t.pending_from >= 0)
+        parts, offs = t.pending_part[held], t.pending_from[held]
+        out = {}
+        for p, o in self.applied.items():
+            below = offs[parts == p]
+            last = min(o, int(below.min()) - 1) if len(below) else o
+            if last > self.committed.get(p, -1):
+                out[p] = last
+        return out
+
+    def _write(self, snapshot: TwinSnapshot) -> None:
+        t0 = time.monotonic()
+        self._retry("mongodb", lambda: snapshot.write(self.twins))
+        seconds = time.monotonic() - t0
+        inserts = int((~snapshot.has_twin).sum())
+        TWIN_WRITES.labels("insert").inc(inserts)
+        TWIN_WRITES.labels("update").inc(len(snapshot) - inserts)
+        TWIN_WRITE_SECONDS.observe(seconds)
+        if len(snapshot):
+            TWIN_WRITE_RATE.set(len(snapshot) / max(seconds, 1e-6))
 
     def _finish_write(self, wait: bool) -> None:
         if self._writing is None or not (wait or self._writing[0].done()):
             return
-        future, to_commit, n = self._writing
+        future, to_commit, snapshot = self._writing
         future.result()
         self._writing = None
-        self.summary.twin_writes += n
+        self.summary.twin_writes += len(snapshot)
+        self.summary.twin_inserts += int((~snapshot.has_twin).sum())
+        TWINS_PENDING.set(int(self.table.dirty.sum()))
         if to_commit:
             from confluent_kafka import TopicPartition
 
@@ -509,14 +679,15 @@ class Transformer:
         """Finish and commit what was applied, then forget car state: another member owns those cars now."""
         self._drain(all_=True)
         self.checkpoint()
-        self.table = CarTable(self.rule)
-        self.applied.clear()
-        self.committed.clear()
-        self.submitted.clear()
+        self._forget()
 
     def on_lost(self, consumer, partitions) -> None:
         self.pending.clear()
+        self._forget()
+
+    def _forget(self) -> None:
         self.table = CarTable(self.rule)
         self.applied.clear()
         self.committed.clear()
         self.submitted.clear()
+        self._known = None  # another member may have written twins meanwhile: load again

@@ -1,4 +1,4 @@
-"""The digital twin in MongoDB (``fleetpulse.cars``, ``_id`` = car id): bulk load and bulk upsert.
+"""The digital twin in MongoDB (``fleetpulse.cars``, ``_id`` = car id): bulk load, insert and upsert.
 
 Writes set absolute values computed by the transformer, never increments, so writing the same state
 twice leaves the same document. Replays are made idempotent one step earlier: the transformer loads a
@@ -21,16 +21,33 @@ from fleetpulse.errors import BrokerUnavailable
 BULK_CHUNK = 90
 
 
+# One insert command per this many new twins; FerretDB runs one transaction per command.
+INSERT_CHUNK = 1000
+_DUPLICATE_KEY = 11000
+_LOAD_FIELDS = {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}
+
+
 class TwinStore:
     def __init__(self, client, database: str, collection: str):
         self.collection = client[database][collection]
+
+    def count(self) -> int:
+        return self.collection.estimated_document_count()
+
+    def load_all(self) -> dict[str, dict]:
+        """Every twin (the fields a restore needs), in one pass.
+
+        FerretDB 1.24 does not push ``$in`` down, so a ``load`` of 1,000 ids reads the whole table
+        anyway; with a collection that fits in memory one pass replaces one such scan per poll batch.
+        """
+        return {doc["_id"]: doc for doc in self.collection.find({}, _LOAD_FIELDS, batch_size=10000)}
 
     def load(self, car_ids: list[str]) -> dict[str, dict]:
         """Existing twins for these cars (missing cars are absent from the result)."""
         out: dict[str, dict] = {}
         for i in range(0, len(car_ids), 1000):
             chunk = car_ids[i : i + 1000]
-            for doc in self.collection.find({"_id": {"$in": chunk}}, {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}):
+            for doc in self.collection.find({"_id": {"$in": chunk}}, _LOAD_FIELDS):
                 out[doc["_id"]] = doc
         return out
 
@@ -42,6 +59,36 @@ class TwinStore:
         for i in range(0, len(ops), BULK_CHUNK):
             self.collection.bulk_write(ops[i : i + BULK_CHUNK], ordered=False)
         return len(ops)
+
+    def insert(self, docs: list[dict]) -> int:
+        """Insert twins of cars that have none (~3x an upsert on FerretDB); returns the number written.
+
+        A car whose twin exists after all (another writer, or this insert retried after a lost reply)
+        is upserted with the same fields instead, so the result is the same document either way.
+        """
+        from pymongo.errors import BulkWriteError
+
+        existing = []
+        for i in range(0, len(docs), INSERT_CHUNK):
+            chunk = docs[i : i + INSERT_CHUNK]
+            try:
+                self.collection.insert_many(chunk, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                    raise
+                existing += [chunk[e["index"]] for e in errors]
+        if existing:
+            self.write((doc["_id"], as_set_fields(doc)) for doc in existing)
+        return len(docs)
+
+
+def as_set_fields(doc: dict) -> dict:
+    """A whole twin document as ``$set`` fields: offsets per partition, so other partitions' stay."""
+    fields = {k: v for k, v in doc.items() if k not in ("_id", "offsets")}
+    for p, o in doc.get("offsets", {}).items():
+        fields[f"offsets.{p}"] = o
+    return fields
 
 
 def ping(client, uri: str) -> None:

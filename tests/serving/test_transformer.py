@@ -193,5 +193,7 @@ def test_kafka_killed_mid_stream_loses_nothing(model_server, private_service, mo
 def test_mongodb_killed_mid_stream_loses_nothing(model_server, private_service, kafka_bootstrap, unique, tmp_path):
     mongo = private_service("mongodb")
     run = Run(unique, kafka_bootstrap, mongo.endpoint["uri"], model_server)
+    # Every car's twin at every checkpoint, so writes meet the outage (deferred twins: test_twin_writes.py).
+    run.env["FLEETPULSE_SCORE_TWIN_INTERVAL_S"] = "0.5"
     summary = stream_and_kill(run, mongo.kill, mongo.start, tmp_path=tmp_path)
     assert summary["retries"].get("mongodb", 0) > 0

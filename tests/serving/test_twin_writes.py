@@ -1,0 +1,200 @@
+"""When `fleetpulse score` writes each car's twin, and that a commit never runs ahead of durable twins."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.serving.conftest import failing_rows, healthy_rows
+from tests.serving.test_transformer import N_CARS, Run, cars
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def all_twins(run: Run) -> dict | None:
+    twins = run.twins()
+    return twins if len(twins) == N_CARS else None
+
+
+@contextmanager
+def scoring(run: Run, tmp_path, until_idle: float = 120):
+    """`fleetpulse score` running for the block; killed if the block fails."""
+    with open(tmp_path / "score.log", "w") as log:
+        proc = run.start_score(until_idle=until_idle, log=log)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def events(twins: dict) -> dict[str, int]:
+    return {car: doc["counters"]["events"] for car, doc in twins.items()}
+
+
+def stop(proc, tmp_path) -> dict:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (tmp_path / "score.log").read_text()[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def committed(run: Run) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": run.kafka, "group.id": run.env["FLEETPULSE_SCORE_GROUP_ID"], "enable.auto.commit": False})
+    try:
+        return {tp.partition: tp.offset for tp in c.committed([TopicPartition(run.topic, p) for p in range(3)], timeout=10)}
+    finally:
+        c.close()
+
+
+def sensor_log(run: Run) -> list[tuple[str, int, int]]:
+    """(car, partition, offset) of every record in the run's sensor topic."""
+    return [(m.key().decode(), m.partition(), m.offset()) for m in run.read(run.topic, expect_at_least=sum(run.sent.values()))]
+
+
+def test_a_status_change_is_written_at_the_next_checkpoint_while_healthy_cars_wait_for_the_twin_interval(
+        model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+    run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "600", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.5"})
+    rng = np.random.default_rng(11)
+    ids = cars()
+    with scoring(run, tmp_path) as proc:
+        for _ in range(5):
+            run.produce(healthy_rows(N_CARS, rng), ids)
+        run.producer.flush()
+        # A car without a twin gets one at the next checkpoint (inserted), whatever the interval.
+        first = wait_for(lambda: all_twins(run), 90, "every car's first twin")
+        time.sleep(1.5)  # let checkpoints that were already under way land
+        before = events(run.twins())
+
+        for step in range(10):
+            rows = healthy_rows(N_CARS, rng)
+            rows[0] = failing_rows(1, rng)[0]
+            run.produce(rows, ids)
+        run.producer.flush()
+        def changed():
+            doc = run.twins()["car-000"]
+            return doc if doc["status"] != "ok" else None
+
+        failing = wait_for(changed, 30, "car-000's status change in its twin")
+        assert failing["status"] in ("warning", "failing") and failing["counters"]["alerts"] >= 1
+        healthy_now = events(run.twins())
+        assert {c: healthy_now[c] for c in ids[1:]} == {c: before[c] for c in ids[1:]}, "healthy cars were rewritten before the interval"
+        assert all(first[c]["status"] == "ok" for c in ids)
+
+        summary = stop(proc, tmp_path)
+    # Stopping writes every deferred twin before the last commit.
+    twins = run.twins()
+    assert events(twins) == run.sent and twins["car-000"]["status"] == "failing"
+    assert summary["twin_inserts"] == N_CARS
+
+
+def test_a_healthy_car_is_rewritten_at_least_every_twin_interval(model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+    run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "2", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.5"})
+    rng = np.random.default_rng(12)
+    ids = cars()
+    seen: list[tuple[float, int]] = []  # (seconds since the stream started, car-005's stored event count)
+    with scoring(run, tmp_path) as proc:
+        run.produce(healthy_rows(N_CARS, rng), ids)
+        run.producer.flush()
+        wait_for(lambda: all_twins(run), 90, "every car's first twin")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 12:
+            run.produce(healthy_rows(N_CARS, rng), ids)
+            run.producer.flush()
+            seen.append((time.monotonic() - t0, run.twins()["car-005"]["counters"]["events"]))
+            time.sleep(0.25)
+        stop(proc, tmp_path)
+    assert events(run.twins()) == run.sent
+    # Its twin advanced several times while it streamed, never staying behind for long.
+    changes = [t for (t, n), (_, prev) in zip(seen[1:], seen) if n != prev]
+    assert len(changes) >= 3, seen
+    gaps = np.diff([0.0, *changes, seen[-1][0]])
+    assert gaps.max() < 2 + 3, (gaps, seen)  # the interval, plus a checkpoint, a write and this loop's sampling
+
+
+def stream_checking_commits(run: Run, rng, seconds: float, failing_car: int = 7) -> int:
+    """Produce while the transformer runs; after each round assert every committed event is in its car's twin."""
+    ids = cars()
+    checks = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        for _ in range(3):
+            rows = healthy_rows(N_CARS, rng)
+            if time.monotonic() - t0 > seconds / 2:
+                rows[failing_car] = failing_rows(1, rng)[0]
+            run.produce(rows, ids)
+        run.producer.flush()
+        time.sleep(0.3)
+        # Commit first, twins second: twins only move forward, so this order can only favour a violation.
+        position = committed(run)
+        twins = run.twins()
+        for car, p, o in sensor_log(run):
+            if o < position.get(p, -1):
+                stored = twins[car].get("offsets", {}).get(str(p), -1)
+                assert o <= stored, f"offset {p}/{o} of {car} committed ({position}) but its twin has only {stored}"
+        checks += 1
+    return checks
+
+
+def test_no_committed_offset_runs_ahead_of_durable_twins(model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+    run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "4", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3"})
+    rng = np.random.default_rng(13)
+    with scoring(run, tmp_path) as proc:
+        run.produce(healthy_rows(N_CARS, rng), cars())
+        run.producer.flush()
+        wait_for(lambda: all_twins(run), 90, "every car's first twin")
+        assert stream_checking_commits(run, rng, 10) >= 3
+        stop(proc, tmp_path)
+    assert events(run.twins()) == run.sent
+
+
+@pytest.mark.slow
+def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+    run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "30", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3"})
+    rng = np.random.default_rng(14)
+    with scoring(run, tmp_path) as proc:
+        run.produce(healthy_rows(N_CARS, rng), cars())
+        run.producer.flush()
+        wait_for(lambda: all_twins(run), 90, "every car's first twin")
+        stream_checking_commits(run, rng, 8)
+        time.sleep(1.0)  # the last round applied, its twins deferred
+        proc.kill()  # SIGKILL: deferred twins die with the process; Kafka still has their events past the commit
+        proc.wait()
+    stored = events(run.twins())
+    assert stored != run.sent, "nothing was deferred at the kill; the test proves nothing"
+    # The same group resumes from its commits once the dead member's session (45 s) has expired.
+    with scoring(run, tmp_path) as proc:
+        wait_for(lambda: events(run.twins()) == run.sent, 150, "every twin complete after the restart")
+        summary = stop(proc, tmp_path)
+    assert events(run.twins()) == run.sent
+    assert 0 < summary["scored"] <= sum(run.sent.values()) - sum(stored.values()) + summary["skipped_replayed"]
+
+
+@pytest.mark.slow
+def test_mongodb_killed_while_twins_are_deferred_loses_nothing(model_server, private_service, kafka_bootstrap, unique, tmp_path):
+    from tests.serving.test_transformer import stream_and_kill
+
+    mongo = private_service("mongodb")
+    run = Run(unique, kafka_bootstrap, mongo.endpoint["uri"], model_server)
+    run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "3"})
+    summary = stream_and_kill(run, mongo.kill, mongo.start, tmp_path=tmp_path)
+    assert summary["retries"].get("mongodb", 0) > 0
