@@ -48,6 +48,7 @@ from fleetpulse.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEA
 from inference.alerts import alert_record, encode_alert
 from fleetpulse.hysteresis import STATUS_NAMES, Hysteresis, Rule
 from inference.v2_client import V2Client
+from inference.windows import CarWindows
 
 CONSUMED = Counter("fleetpulse_transformer_consumed", "Records consumed from sensor-data")
 SCORED = Counter("fleetpulse_transformer_scored", "Events scored by the model server")
@@ -66,6 +67,13 @@ TWINS_PENDING = Gauge("fleetpulse_transformer_twins_pending", "Cars whose applie
 TWIN_WRITE_SECONDS = Histogram("fleetpulse_transformer_twin_write_seconds", "Seconds per twin bulk write (retries included)",
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
 _INT_COLS = [i for i, name in enumerate(SENSOR_FIELDS) if name in INT_FIELDS]
+
+
+def model_window(client) -> int:
+    """Readings per sample the served model takes: 1 for [N, 18], W for a windowed model's [N, W, 18]
+    (from the model server's V2 metadata, so the transformer follows whatever model it is pointed at)."""
+    shape = client.metadata()["inputs"][0]["shape"]
+    return int(shape[1]) if len(shape) == 3 else 1
 
 
 def now_ms() -> int:
@@ -264,6 +272,8 @@ class Transformer:
         self.committed: dict[int, int] = {}
         self.threshold = float("nan")
         self.model_version = ""
+        window = model_window(client)
+        self.windows = CarWindows(window) if window > 1 else None  # a windowed (LSTM) model's per-car look-back
         self.summary = Summary()
         self._failed_deliveries: list[tuple[str, bytes, bytes, list]] = []
         self._last_checkpoint = time.monotonic()
@@ -375,10 +385,11 @@ class Transformer:
             cars, rows, partitions, offsets, timestamps = cars[fresh], rows[fresh], partitions[fresh], offsets[fresh], timestamps[fresh]
         size = self.s.model_batch
         starts = list(range(0, len(cars), size)) or [0]
+        samples = self.windows.samples(cars, rows) if self.windows is not None else rows
         for j, start in enumerate(starts):
             sl = slice(start, start + size)
             chunk_rows = rows[sl]
-            request = self.client.request(chunk_rows) if len(chunk_rows) else None
+            request = self.client.request(samples[sl]) if len(chunk_rows) else None
             future = self.client.infer_future(request) if request is not None else None
             if request is not None:
                 BATCH_ROWS.observe(len(chunk_rows))
