@@ -79,12 +79,15 @@ def build(settings, progress):
         settings.kafka_bootstrap_servers,
         **{"group.id": settings.group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
            "enable.partition.eof": False, "fetch.min.bytes": 1, "fetch.wait.max.ms": 50,
-           "queued.min.messages": 200000, "session.timeout.ms": 45000}))
+           "queued.min.messages": 200000, "session.timeout.ms": 45000,
+           # The final twin flush (and a revoke's) blocks the loop: 100,000 cars at FerretDB's
+           # ~700-1,300 writes/s under load is 1-2.5 minutes; the default 5 minutes left too little margin.
+           "max.poll.interval.ms": 600000}))
     producer = Producer(kafka_config(
         settings.kafka_bootstrap_servers,
         # Idempotent, infinitely retried: an alert is resent until Kafka has it, never reordered or doubled.
         **{"enable.idempotence": True, "acks": "all", "linger.ms": 5, "message.timeout.ms": 0, "compression.type": "lz4"}))
-    transformer = Transformer(settings, consumer, producer, client, TwinStore(mongo, settings.twin_database, settings.twin_collection),
-                              progress)
+    twins = TwinStore(mongo, settings.twin_database, settings.twin_collection, settings.twin_write_timeout_s)
+    transformer = Transformer(settings, consumer, producer, client, twins, progress)
     consumer.subscribe([settings.topic], on_revoke=transformer.on_revoke, on_lost=transformer.on_lost)
     return transformer

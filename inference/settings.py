@@ -61,6 +61,7 @@ class ScoreSettings(BaseSettings):
     checkpoint_interval_s: float = Field(1.0, gt=0, description="alerts flushed, twin written, offsets committed")
     twin_interval_s: float = Field(60.0, gt=0, description="longest a car's twin waits for a write when its status did not change")
     twin_batch_max: int = Field(5000, ge=1, description="cars per twin bulk write, besides status changes (which are never deferred)")
+    twin_write_timeout_s: float = Field(60.0, gt=0, description="longest wait for one twin bulk command before it is retried")
     twin_preload_max: int = Field(200_000, ge=0, description="load every twin once when the collection holds at most this many; "
                                                               "else query first-seen cars per poll batch (0 = always query)")
     hysteresis_n: int = Field(_RULE.n, ge=1, le=62)

@@ -651,10 +651,29 @@ class Transformer:
             from confluent_kafka import TopicPartition
 
             offsets = [TopicPartition(self.s.topic, p, o + 1) for p, o in to_commit.items()]
-            self._retry("kafka", lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
-            self.committed.update(to_commit)
-            self._update_lag(to_commit)
+            if self._retry("kafka", lambda: self._commit(offsets)):
+                self.committed.update(to_commit)
+                self._update_lag(to_commit)
         self.summary.checkpoints += 1
+
+    def _commit(self, offsets) -> bool:
+        """Commit; False when the group no longer counts this member (its partitions may be another's).
+
+        Retrying such a commit can never succeed (seen: the main thread blocked in a long final twin
+        flush past max.poll.interval.ms). Dropping it is safe: the twins it covers are durable, so the
+        member that replays those offsets skips them.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            return True
+        except KafkaException as exc:
+            if exc.args[0].code() not in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION):
+                raise
+            self._count_retry("kafka-commit-dropped")
+            self.progress(f"kafka: commit dropped ({exc.args[0].str()}); its twins are written, a replay skips them")
+            return False
 
     def _update_lag(self, committed: dict[int, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition

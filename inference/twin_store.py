@@ -15,10 +15,13 @@ from fleetpulse.errors import BrokerUnavailable
 
 
 # FerretDB 1.24 (SQLite) keeps one pooled SQLite connection per statement of an update command
-# until the command ends; its pool holds 100, so one bulk of more than ~100 upserts of existing
-# documents deadlocks the server (reproduced: 99 pass, 101 hang). Real MongoDB has no such limit;
-# chunks of 90 cost nothing there.
-BULK_CHUNK = 90
+# until the command ends; its pool holds 100 per database, shared by every client, so update
+# commands in flight together with more than ~100 upserts in all deadlock the server (reproduced:
+# one bulk of 99 passes, 101 hangs; two writers of 90 on one database hang, as did this transformer's
+# writer next to the test suite's). Chunks of 20 leave room for four writers and some readers; with
+# the stack's _id lookup index a chunk of 20 costs little against 90 (bench/twin.py). Real MongoDB has
+# no such limit and no cost from small chunks worth measuring here.
+BULK_CHUNK = 20
 
 
 # One insert command per this many new twins; FerretDB runs one transaction per command.
@@ -28,8 +31,11 @@ _LOAD_FIELDS = {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}
 
 
 class TwinStore:
-    def __init__(self, client, database: str, collection: str):
+    def __init__(self, client, database: str, collection: str, timeout_s: float | None = None):
         self.collection = client[database][collection]
+        # A wedged server (see BULK_CHUNK) never answers; a bounded wait turns that into an error the
+        # transformer retries and reports instead of a silent hang.
+        self.timeout_s = timeout_s
 
     def count(self) -> int:
         return self.collection.estimated_document_count()
@@ -55,9 +61,12 @@ class TwinStore:
         """Upsert ``$set`` documents in one unordered bulk; returns the number of cars written."""
         from pymongo import UpdateOne
 
+        import pymongo
+
         ops = [UpdateOne({"_id": car}, {"$set": fields}, upsert=True) for car, fields in updates]
         for i in range(0, len(ops), BULK_CHUNK):
-            self.collection.bulk_write(ops[i : i + BULK_CHUNK], ordered=False)
+            with pymongo.timeout(self.timeout_s):
+                self.collection.bulk_write(ops[i : i + BULK_CHUNK], ordered=False)
         return len(ops)
 
     def insert(self, docs: list[dict]) -> int:
@@ -66,13 +75,15 @@ class TwinStore:
         A car whose twin exists after all (another writer, or this insert retried after a lost reply)
         is upserted with the same fields instead, so the result is the same document either way.
         """
+        import pymongo
         from pymongo.errors import BulkWriteError
 
         existing = []
         for i in range(0, len(docs), INSERT_CHUNK):
             chunk = docs[i : i + INSERT_CHUNK]
             try:
-                self.collection.insert_many(chunk, ordered=False)
+                with pymongo.timeout(self.timeout_s):
+                    self.collection.insert_many(chunk, ordered=False)
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
                 if any(e.get("code") != _DUPLICATE_KEY for e in errors):

@@ -198,3 +198,19 @@ def test_mongodb_killed_while_twins_are_deferred_loses_nothing(model_server, pri
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "3"})
     summary = stream_and_kill(run, mongo.kill, mongo.start, tmp_path=tmp_path)
     assert summary["retries"].get("mongodb", 0) > 0
+
+
+def test_inserting_a_twin_that_already_exists_leaves_the_same_document_as_an_upsert(mongodb_uri, unique):
+    """The writer inserts twins of cars its load did not find; a retried or raced insert must not fail or differ."""
+    from pymongo import MongoClient
+
+    from inference.twin_store import TwinStore
+
+    client = MongoClient(mongodb_uri)
+    store = TwinStore(client, "fleetpulse", f"cars_{unique}")
+    store.insert([{"_id": "car-a", "status": "ok", "offsets": {"0": 1}}, {"_id": "car-b", "status": "ok", "offsets": {"0": 2}}])
+    assert store.insert([{"_id": "car-a", "status": "warning", "offsets": {"0": 5}}, {"_id": "car-c", "status": "ok", "offsets": {"1": 3}}]) == 2
+    docs = {d["_id"]: d for d in client["fleetpulse"][f"cars_{unique}"].find()}
+    assert docs == {"car-a": {"_id": "car-a", "status": "warning", "offsets": {"0": 5}},
+                    "car-b": {"_id": "car-b", "status": "ok", "offsets": {"0": 2}},
+                    "car-c": {"_id": "car-c", "status": "ok", "offsets": {"1": 3}}}
