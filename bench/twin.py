@@ -29,6 +29,7 @@ same collection size (the path before this change).
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import sys
 import tempfile
@@ -205,6 +206,7 @@ def measure_config(name: str, sizes: list[int], n_ops: int, threads: list[int], 
         client.close()
     finally:
         svc.process.stop()
+        shutil.rmtree(svc.settings.state_dir, ignore_errors=True)
     return rows
 
 
