@@ -108,7 +108,8 @@ class KafkaService(Service):
             if not cluster_id_file.exists():
                 cluster_id_file.write_text(_cluster_id())
             proc = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id_file.read_text().strip(), "-c", str(props)),
+                # `--cluster-id=<id>`: an id may start with "-", which argparse would take for an option.
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id_file.read_text().strip()}", "-c", str(props)),
                 capture_output=True,
                 text=True,
             )
@@ -134,9 +135,14 @@ class KafkaService(Service):
 
 
 def _cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64. Like Kafka's Uuid.randomUuid, never one
+    starting with "-" (1 in 64 did, and `kafka-storage format -t -abc...` fails on it)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] | None = None, timeout: float = 15.0) -> list[str]:

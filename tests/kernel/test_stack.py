@@ -216,3 +216,17 @@ def test_twin_store_writes_thousands_of_existing_twins_without_wedging_ferretdb(
     assert store.write((c, {"status": "warning", "n": 2}) for c in cars) == 2000  # existing documents
     coll = client["fleetpulse"]["cars"]
     assert coll.count_documents({"status": "warning", "n": 2}) == 2000
+
+
+def test_kafka_storage_formats_with_a_cluster_id_starting_with_a_dash(tmp_path):
+    """1 in 64 random cluster ids starts with "-"; the first cold `make demo` run drew one."""
+    from fleetpulse.stack.kafka import KafkaService, _cluster_id
+    from fleetpulse.stack.settings import StackSettings
+
+    kafka = KafkaService(StackSettings(state_dir=tmp_path / "state", kafka_port=free_port(), kafka_controller_port=free_port()))
+    kafka.install()  # cached jars
+    kafka.dir.mkdir(parents=True, exist_ok=True)
+    (kafka.dir / "cluster.id").write_text("-AbCdEfGhIjKlMnOpQrStUv")
+    kafka.prepare()
+    assert "cluster.id=-AbCdEfGhIjKlMnOpQrStUv" in next(kafka.dir.rglob("meta.properties")).read_text()
+    assert not any(_cluster_id().startswith("-") for _ in range(2000))
