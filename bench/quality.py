@@ -67,7 +67,7 @@ def run_seed(cars: int, seed: int, epochs: int) -> dict:
     tv, tk, tm, _ = stretch(cars, 150, seed)
     dv, dk, dm, ds = stretch(cars, 250, seed + 1)
     held = is_eval_car(tk, 0.3)
-    xt, kt = tv[~held], tk[~held]
+    xt = tv[~held]
     center, scale = features.robust_stats(xt)
     out = {}
     for kind in models.MODEL_TYPES:

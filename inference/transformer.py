@@ -48,6 +48,7 @@ from fleetpulse.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEA
 from inference.alerts import alert_record, encode_alert
 from fleetpulse.hysteresis import STATUS_NAMES, Hysteresis, Rule
 from inference.v2_client import V2Client
+from inference.twin_store import as_set_fields
 from inference.windows import CarWindows
 
 CONSUMED = Counter("fleetpulse_transformer_consumed", "Records consumed from sensor-data")
@@ -150,9 +151,6 @@ class CarTable:
         status = STATUS_NAMES.index(doc.get("status", "ok")) if doc.get("status") in STATUS_NAMES else 0
         self.hysteresis.set(car, status, int(hyst.get("window_bits", 0)), int(hyst.get("clean_streak", 0)))
 
-    def twin_fields(self, car: int, threshold: float, model_version: str) -> dict:
-        return self.snapshot(np.array([car]), threshold, model_version).fields(0)
-
     def snapshot(self, cars: np.ndarray, threshold: float, model_version: str) -> "TwinSnapshot":
         """A copy of these cars' twin state that the writer thread can turn into documents while scoring goes on."""
         h = self.hysteresis
@@ -199,13 +197,6 @@ class TwinSnapshot:
             "hysteresis": {"window_bits": int(self.bits[i]), "clean_streak": int(self.clean[i])},
         }
 
-    def fields(self, i: int) -> dict:
-        """``$set`` fields of an existing twin; offsets per partition, so other partitions' stay."""
-        fields = self._body(i)
-        for p, o in self.offsets[i].items():
-            fields[f"offsets.{p}"] = o
-        return fields
-
     def document(self, i: int) -> dict:
         return {"_id": self.ids[i], **self._body(i), "offsets": self.offsets[i]}
 
@@ -216,7 +207,7 @@ class TwinSnapshot:
         if new:
             twins.insert([self.document(i) for i in new])
         if old:
-            twins.write([(self.ids[i], self.fields(i)) for i in old])
+            twins.write([(self.ids[i], as_set_fields(self.document(i))) for i in old])
 
 
 @dataclass

@@ -10,8 +10,8 @@ import numpy as np
 from fleetpulse import model_store
 from fleetpulse.clients import gcs_client
 from fleetpulse.contract import N_FEATURES
-from tests.serving.conftest import BUCKET, MEAN, STD, THRESHOLD, ModelServer, failing_rows, healthy_rows
-from tests.serving.test_transformer import N_CARS, Run, cars
+from tests.serving.conftest import BUCKET, MEAN, STD, THRESHOLD, ModelServer
+from tests.serving.test_transformer import N_CARS, Run, produce_one_failing_car
 
 WINDOW = 4
 
@@ -45,13 +45,7 @@ def test_transformer_sends_windowed_model_each_cars_last_readings_in_order(gcs_e
     server = ModelServer(model, gcs_endpoint, tmp_path / "serve.log").wait_ready()
     try:
         run = Run(unique, kafka_bootstrap, mongodb_uri, server)
-        rng = np.random.default_rng(11)
-        ids = cars()
-        for step in range(30):
-            rows = healthy_rows(N_CARS, rng)
-            if step >= 10:
-                rows[0] = failing_rows(1, rng)[0]  # car-000's readings fail from its 11th on
-            run.produce(rows, ids)
+        ids = produce_one_failing_car(run, np.random.default_rng(11))  # car-000's readings fail from its 11th on
         run.producer.flush()
 
         summary = run.score()

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from fleetpulse.codec import encode_batch
 from fleetpulse.topics import DLQ_REASON_HEADER
 from inference.alerts import decode_alert
-from tests.serving.conftest import FLEETPULSE, ModelServer, failing_rows, healthy_rows, publish_model
+from tests.serving.conftest import FLEETPULSE, ModelServer, failing_rows, healthy_rows
 
 N_CARS = 20
 
@@ -82,16 +82,21 @@ def cars(n: int = N_CARS) -> list[str]:
     return [f"car-{i:03d}" for i in range(n)]
 
 
+def produce_one_failing_car(run: Run, rng: np.random.Generator, steps: int = 30, fails_from: int = 10) -> list[str]:
+    """``steps`` readings of every car; car-000's are failing from reading ``fails_from`` on."""
+    ids = cars()
+    for step in range(steps):
+        rows = healthy_rows(N_CARS, rng)
+        if step >= fails_from:
+            rows[0] = failing_rows(1, rng)[0]
+        run.produce(rows, ids)
+    return ids
+
+
 def test_failing_car_goes_ok_warning_failing_with_an_alert_per_change_and_healthy_cars_stay_ok(
         model_server, kafka_bootstrap, mongodb_uri, unique):
     run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
-    rng = np.random.default_rng(7)
-    ids = cars()
-    for step in range(30):
-        rows = healthy_rows(N_CARS, rng)
-        if step >= 10:
-            rows[0] = failing_rows(1, rng)[0]  # car-000 fails from its 11th reading on
-        run.produce(rows, ids)
+    ids = produce_one_failing_car(run, np.random.default_rng(7))  # car-000 fails from its 11th reading on
     run.producer.produce(run.topic, key=b"car-garbage", value=b"\x00\x00\x00\x00\x01\xff")
     run.producer.flush()
 

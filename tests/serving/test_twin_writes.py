@@ -30,6 +30,13 @@ def all_twins(run: Run) -> dict | None:
     return twins if len(twins) == N_CARS else None
 
 
+def first_twins(run: Run, rng: np.random.Generator) -> dict:
+    """One healthy reading of every car, then wait until each has its first twin."""
+    run.produce(healthy_rows(N_CARS, rng), cars())
+    run.producer.flush()
+    return wait_for(lambda: all_twins(run), 90, "every car's first twin")
+
+
 @contextmanager
 def scoring(run: Run, tmp_path, until_idle: float = 120):
     """`fleetpulse score` running for the block; killed if the block fails."""
@@ -111,9 +118,7 @@ def test_a_healthy_car_is_rewritten_at_least_every_twin_interval(model_server, k
     ids = cars()
     seen: list[tuple[float, int]] = []  # (seconds since the stream started, car-005's stored event count)
     with scoring(run, tmp_path) as proc:
-        run.produce(healthy_rows(N_CARS, rng), ids)
-        run.producer.flush()
-        wait_for(lambda: all_twins(run), 90, "every car's first twin")
+        first_twins(run, rng)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 12:
             run.produce(healthy_rows(N_CARS, rng), ids)
@@ -158,9 +163,7 @@ def test_no_committed_offset_runs_ahead_of_durable_twins(model_server, kafka_boo
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "4", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3"})
     rng = np.random.default_rng(13)
     with scoring(run, tmp_path) as proc:
-        run.produce(healthy_rows(N_CARS, rng), cars())
-        run.producer.flush()
-        wait_for(lambda: all_twins(run), 90, "every car's first twin")
+        first_twins(run, rng)
         assert stream_checking_commits(run, rng, 10) >= 3
         stop(proc, tmp_path)
     assert events(run.twins()) == run.sent
@@ -172,9 +175,7 @@ def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_s
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "30", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3"})
     rng = np.random.default_rng(14)
     with scoring(run, tmp_path) as proc:
-        run.produce(healthy_rows(N_CARS, rng), cars())
-        run.producer.flush()
-        wait_for(lambda: all_twins(run), 90, "every car's first twin")
+        first_twins(run, rng)
         stream_checking_commits(run, rng, 8)
         time.sleep(1.0)  # the last round applied, its twins deferred
         proc.kill()  # SIGKILL: deferred twins die with the process; Kafka still has their events past the commit
