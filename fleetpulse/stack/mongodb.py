@@ -103,7 +103,7 @@ class FerretDBService(Service):
 # `_id_` index on `_ferretdb_sjson->"_id"`. SQLite uses an expression index only for the identical
 # expression, so every lookup by _id scanned the whole table: twin upserts ran at ~60/s with 1k
 # documents and ~1/s with 50k (bench/twin.py). An index on the pushed-down expression turns them
-# into index searches (~2,500 updates/s, flat in collection size). It is an ordinary SQLite index
+# into index searches (~750-850 upserts/s at 1k-50k documents in bench/twin.py). It is an ordinary SQLite index
 # FerretDB does not know about: it is maintained by every insert/update and dropped with the table.
 ID_LOOKUP_SUFFIX = "_id_lookup"
 
