@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 FP := $(BIN)/fleetpulse
 PYTEST_TIMEOUT ?= 900
 
-.PHONY: setup lock stack-up stack-down test check demo bench clean system-deps
+.PHONY: setup lock stack-up stack-down lint test check demo bench clean system-deps
 
 # Debian packages the stack and tests need; installed only when missing (needs root or sudo).
 system-deps:
@@ -39,7 +39,8 @@ lock: | $(BIN)/python
 	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
 	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu --no-header --no-annotate
-	sed -i '/^-e /d' requirements.lock
+	sed -i '/^-e /d; /^# Exact pins/d' requirements.lock
+	sed -i '1i # Exact pins for every package (Python 3.11, linux x86_64). Regenerate with `make lock`.' requirements.lock
 
 stack-up: setup
 	$(FP) stack up
@@ -47,12 +48,16 @@ stack-up: setup
 stack-down:
 	$(FP) stack down
 
+# The architecture as import rules (.importlinter): kernel, deployables and dev tooling stay apart.
+lint: setup
+	$(BIN)/lint-imports
+
 # The fast part: everything but the end-to-end and load tests.
-check: stack-up
+check: lint stack-up
 	$(BIN)/pytest -m "not slow" --timeout=$(PYTEST_TIMEOUT) -q
 
 # The whole suite, from a clean clone on a fresh machine.
-test: stack-up
+test: lint stack-up
 	$(BIN)/pytest --timeout=$(PYTEST_TIMEOUT) -q
 
 demo: setup

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bridges import loadgen
+from devtools.loadgen import bridge_load as loadgen
 from bridges.kafka_sink import ensure_topics
 from bridges.settings import BridgeSettings
-from fleetpulse.benchmarking import write_result
+from devtools.benchmarking import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEETPULSE = str(ROOT / ".venv" / "bin" / "fleetpulse")

@@ -12,7 +12,7 @@ import fastavro
 import numpy as np
 
 from fleetpulse import codec
-from fleetpulse.benchmarking import best_rate, write_result
+from devtools.benchmarking import best_rate, write_result
 from fleetpulse.contract import CARDATA_V1_ID, SENSOR_FIELDS, parsed_schema
 
 

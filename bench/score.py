@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleetpulse import endpoints  # noqa: E402
-from fleetpulse.benchmarking import write_result  # noqa: E402
+from devtools.benchmarking import write_result  # noqa: E402
 from fleetpulse.codec import encode_batch  # noqa: E402
 from inference.alerts import decode_alert  # noqa: E402
 from tests.serving.conftest import FLEETPULSE, MEAN, STD, ModelServer, publish_model  # noqa: E402
@@ -83,8 +83,8 @@ def private_ferretdb():
     """A FerretDB of our own: bulk twin writes at bench rates would stall the shared one for everyone."""
     import socket
 
-    from fleetpulse.stack.mongodb import FerretDBService
-    from fleetpulse.stack.settings import StackSettings
+    from devtools.stack.mongodb import FerretDBService
+    from devtools.stack.settings import StackSettings
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -94,7 +94,7 @@ def _proc_rss_mb(pid: int) -> float:
 
 
 def _count_main(ports: list[int], qos: int, conn, stop) -> None:
-    from simulator.mqtt_counter import CountingSubscriber
+    from devtools.loadgen.mqtt_counter import CountingSubscriber
 
     subs = [CountingSubscriber("127.0.0.1", p, qos=qos).start() for p in ports]
     conn.send("ready")

@@ -18,7 +18,7 @@ up to N operations or a time budget, whichever comes first:
 
 Configurations:
 - ``ferretdb`` as FerretDB 1.24 ships: `_id` lookups scan the table (the pushed-down expression is not
-  the indexed one; see fleetpulse/stack/mongodb.py);
+  the indexed one; see devtools/stack/mongodb.py);
 - ``lookup-index``: the stack's extra index on the pushed-down `_id` expression (what `stack up` does);
 - ``lookup-index+sync-normal``: plus SQLite synchronous=NORMAL (WAL): durable across a FerretDB crash,
   not across an OS crash or power loss.
@@ -42,10 +42,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleetpulse.benchmarking import write_result  # noqa: E402
+from devtools.benchmarking import write_result  # noqa: E402
 from fleetpulse.hysteresis import Rule  # noqa: E402
-from fleetpulse.stack.mongodb import FerretDBService  # noqa: E402
-from fleetpulse.stack.settings import StackSettings  # noqa: E402
+from devtools.stack.mongodb import FerretDBService  # noqa: E402
+from devtools.stack.settings import StackSettings  # noqa: E402
 from inference.transformer import CarTable  # noqa: E402
 
 CHUNK = 90  # the chunk before this change; FerretDB 1.24/SQLite deadlocks above ~100 upserts in flight per database

@@ -8,8 +8,7 @@ from dataclasses import replace
 from confluent_kafka import Producer
 
 from bridges.settings import BridgeSettings
-from fleetpulse.clients import kafka_config
-from fleetpulse.stack.kafka import ensure_topics as create_missing_topics
+from fleetpulse.clients import ensure_topics as create_missing_topics, kafka_config
 from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ, TOPICS
 
 log = logging.getLogger("fleetpulse.bridge.kafka")

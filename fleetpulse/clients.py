@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Iterable
 
 from fleetpulse.errors import BrokerUnavailable
-from fleetpulse.settings import parse_hostports
+from fleetpulse.settings import KafkaConnection, parse_hostports
+from fleetpulse.topics import TOPICS, TopicSpec
 
 
-def kafka_config(bootstrap_servers: str, **extra) -> dict:
-    return {"bootstrap.servers": bootstrap_servers, **extra}
+def kafka_config(connection: KafkaConnection | str, **extra) -> dict:
+    """librdkafka config for ``connection`` (a bare bootstrap string means PLAINTEXT) plus ``extra``."""
+    if isinstance(connection, str):
+        connection = KafkaConnection(bootstrap_servers=connection)
+    return {**connection.librdkafka(), **extra}
 
 
 def require_kafka(bootstrap_servers: str, timeout: float = 10.0) -> None:
@@ -70,3 +75,23 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"not a gs:// URI: {uri!r}")
     bucket, _, prefix = uri[5:].partition("/")
     return bucket, prefix
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] | None = None, timeout: float = 15.0) -> list[str]:
+    """Create the project's topics that do not exist yet; return the names created."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    specs = list(TOPICS.values() if specs is None else specs)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    new = [NewTopic(s.name, s.partitions, 1, config=s.kafka_config()) for s in specs if s.name not in existing]
+    created = []
+    for name, fut in (admin.create_topics(new, request_timeout=timeout).items() if new else []):
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created

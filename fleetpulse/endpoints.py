@@ -1,18 +1,34 @@
 """Where the local stack listens; every service's settings default to these.
 
-Derived from the stack's settings, so moving a stack port (``FLEETPULSE_STACK_KAFKA_PORT=...``)
-moves every service's default with it.
+The kernel owns these ports (env prefix ``FLEETPULSE_STACK_``) and the dev stack reads them from here,
+so moving a stack port (``FLEETPULSE_STACK_KAFKA_PORT=...``) moves every service's default with it
+while no deployable imports the dev tooling.
 """
 
 from __future__ import annotations
 
-from fleetpulse.stack.settings import StackSettings
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_stack = StackSettings()
 
-HOST = _stack.host
-KAFKA_BOOTSTRAP = f"{HOST}:{_stack.kafka_port}"
-MQTT_BROKERS = f"{HOST}:{_stack.mqtt_port}"
-MONGODB_URI = f"mongodb://{HOST}:{_stack.mongodb_port}/"
-GCS_ENDPOINT = f"http://{HOST}:{_stack.gcs_port}"
-MODEL_BUCKET = _stack.model_bucket
+class LocalEndpoints(BaseSettings):
+    """The local stack's host, ports and model bucket."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEETPULSE_STACK_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    mqtt_port: int = 11883
+    mongodb_port: int = 27117
+    gcs_port: int = 14443
+    model_bucket: str = "fleetpulse-models"
+
+
+_local = LocalEndpoints()
+
+HOST = _local.host
+KAFKA_BOOTSTRAP = f"{HOST}:{_local.kafka_port}"
+MQTT_BROKERS = f"{HOST}:{_local.mqtt_port}"
+MONGODB_URI = f"mongodb://{HOST}:{_local.mongodb_port}/"
+GCS_ENDPOINT = f"http://{HOST}:{_local.gcs_port}"
+MODEL_BUCKET = _local.model_bucket

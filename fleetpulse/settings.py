@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetpulse import endpoints
@@ -13,12 +14,63 @@ from fleetpulse.errors import SettingsError
 S = TypeVar("S", bound=BaseSettings)
 
 
-class KafkaSettings(BaseSettings):
-    """Endpoints most services share; subclasses set their own env prefix."""
+class KafkaConnection(BaseModel):
+    """How a client reaches Kafka: the one connection type every service's settings build."""
 
-    model_config = SettingsConfigDict(env_prefix="FLEETPULSE_", extra="ignore")
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str = endpoints.KAFKA_BOOTSTRAP
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: str | None = None
+
+    def librdkafka(self) -> dict[str, str]:
+        """The librdkafka properties for this connection (secrets included: never log the result)."""
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.username is not None:
+            conf["sasl.username"] = self.username
+        if self.password is not None:
+            conf["sasl.password"] = self.password.get_secret_value()
+        if self.ca_file:
+            conf["ssl.ca.location"] = self.ca_file
+        return conf
+
+
+class KafkaClientSettings(BaseSettings):
+    """Mixin for a service's settings: its Kafka connection under its own env prefix
+    (``FLEETPULSE_<SERVICE>_KAFKA_BOOTSTRAP_SERVERS``, ``..._KAFKA_PASSWORD_FILE``, ...)."""
 
     kafka_bootstrap_servers: str = endpoints.KAFKA_BOOTSTRAP
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = None
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_password_file: Path | None = None
+    """A file holding the password (a mounted Secret); read at start-up, never logged."""
+    kafka_ca_file: str | None = None
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        password = self.kafka_password
+        if password is None and self.kafka_password_file is not None:
+            try:
+                password = SecretStr(self.kafka_password_file.read_text().strip())
+            except OSError as exc:
+                raise SettingsError(f"kafka_password_file {self.kafka_password_file}: {exc.strerror or exc}") from None
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_username,
+            password=password,
+            ca_file=self.kafka_ca_file,
+        )
 
 
 def load_settings(cls: type[S], **overrides) -> S:

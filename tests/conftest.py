@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from fleetpulse.stack import control
-from fleetpulse.stack.gcs import FakeGCSService
-from fleetpulse.stack.kafka import KafkaService
-from fleetpulse.stack.mongodb import FerretDBService
-from fleetpulse.stack.mqtt import MosquittoService
-from fleetpulse.stack.settings import StackSettings
+from devtools.stack import control
+from devtools.stack.gcs import FakeGCSService
+from devtools.stack.kafka import KafkaService
+from devtools.stack.mongodb import FerretDBService
+from devtools.stack.mqtt import MosquittoService
+from devtools.stack.settings import StackSettings
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 

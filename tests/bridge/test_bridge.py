@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from bridges import loadgen
+from devtools.loadgen import bridge_load as loadgen
 from fleetpulse.topics import ARRIVAL_TIME_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEADER, MQTT_TOPIC_HEADER
 from tests.bridge.conftest import FLEETPULSE
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from bridges import loadgen
+from devtools.loadgen import bridge_load as loadgen
 from tests.bridge.conftest import endpoint_of, start_private
 
 pytestmark = pytest.mark.slow

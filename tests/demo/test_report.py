@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from fleetpulse.demo import report
-from fleetpulse.demo.evaluation import EventLog, evaluate
+from devtools.demo import report
+from devtools.demo.evaluation import EventLog, evaluate
 from fleetpulse.ground_truth import TruthRecord
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

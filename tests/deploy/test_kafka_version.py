@@ -2,7 +2,7 @@
 
 Training reads Kafka through TensorFlow I/O 0.37.1, whose bundled librdkafka fails against Kafka 4.x
 with "Required feature not supported by broker" (Kafka 4.0 removed old protocol versions, KIP-896).
-The local stack pins Kafka 3.9.2 for the same reason (fleetpulse/stack/assets/kafka/pom.xml)."""
+The local stack pins Kafka 3.9.2 for the same reason (devtools/stack/assets/kafka/pom.xml)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleetpulse.errors import StackError
-from simulator.mqtt_counter import CountingSubscriber
+from devtools.loadgen.mqtt_counter import CountingSubscriber
 
 FLEETPULSE = str(Path(sys.executable).with_name("fleetpulse"))
 

@@ -19,8 +19,8 @@ from components.synthetic import Fleet, make_fleet, produce_fleet
 def training_stack() -> dict:
     """The local stack's Kafka and GCS, started if needed. Training needs neither MongoDB nor MQTT,
     so unlike the shared ``stack`` fixture this does not wait for them to answer a round trip."""
-    from fleetpulse.stack import control
-    from fleetpulse.stack.settings import StackSettings
+    from devtools.stack import control
+    from devtools.stack.settings import StackSettings
 
     settings = StackSettings()
     state = control.status(settings)

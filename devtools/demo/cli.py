@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fleetpulse.demo.run import Demo, DemoParams
+from devtools.demo.run import Demo, DemoParams
 
 
 def _raise_interrupt(signum, frame):

@@ -220,8 +220,8 @@ def test_twin_store_writes_thousands_of_existing_twins_without_wedging_ferretdb(
 
 def test_kafka_storage_formats_with_a_cluster_id_starting_with_a_dash(tmp_path):
     """1 in 64 random cluster ids starts with "-"; the first cold `make demo` run drew one."""
-    from fleetpulse.stack.kafka import KafkaService, _cluster_id
-    from fleetpulse.stack.settings import StackSettings
+    from devtools.stack.kafka import KafkaService, _cluster_id
+    from devtools.stack.settings import StackSettings
 
     kafka = KafkaService(StackSettings(state_dir=tmp_path / "state", kafka_port=free_port(), kafka_controller_port=free_port()))
     kafka.install()  # cached jars

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleetpulse.demo.evaluation import EventLog, evaluate
+from devtools.demo.evaluation import EventLog, evaluate
 from fleetpulse.ground_truth import TruthRecord
 
 

@@ -7,13 +7,12 @@ import subprocess
 import uuid
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
-from fleetpulse.stack.service import Service, ensure_dir
-from fleetpulse.stack.settings import KAFKA_VERSION
-from fleetpulse.topics import TOPICS, TopicSpec
+from devtools.stack.service import Service, ensure_dir
+from devtools.stack.settings import KAFKA_VERSION
+from fleetpulse.clients import ensure_topics
 
-ASSETS = resources.files("fleetpulse.stack") / "assets" / "kafka"
+ASSETS = resources.files("devtools.stack") / "assets" / "kafka"
 
 
 class KafkaService(Service):
@@ -143,23 +142,3 @@ def _cluster_id() -> str:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cid.startswith("-"):
             return cid
-
-
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] | None = None, timeout: float = 15.0) -> list[str]:
-    """Create the project's topics that do not exist yet; return the names created."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    specs = list(TOPICS.values() if specs is None else specs)
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    new = [NewTopic(s.name, s.partitions, 1, config=s.kafka_config()) for s in specs if s.name not in existing]
-    created = []
-    for name, fut in (admin.create_topics(new, request_timeout=timeout).items() if new else []):
-        try:
-            fut.result()
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    return created

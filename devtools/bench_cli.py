@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from fleetpulse.benchmarking import RESULTS_DIR, machine_info
+from devtools.benchmarking import RESULTS_DIR, machine_info
 
 BENCH_DIR = RESULTS_DIR.parent
 

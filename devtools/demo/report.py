@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetpulse.demo import svg
-from fleetpulse.demo.evaluation import Evaluation
+from devtools.demo import svg
+from devtools.demo.evaluation import Evaluation
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#111827;padding:0 1rem}

@@ -8,13 +8,13 @@ import time
 from typing import Callable
 
 from fleetpulse.errors import StackError
-from fleetpulse.stack.gcs import FakeGCSService
-from fleetpulse.stack.kafka import KafkaService
-from fleetpulse.stack.mongodb import FerretDBService
-from fleetpulse.stack.mqtt import MosquittoService
-from fleetpulse.stack.process import port_in_use, port_owner
-from fleetpulse.stack.service import Service
-from fleetpulse.stack.settings import StackSettings
+from devtools.stack.gcs import FakeGCSService
+from devtools.stack.kafka import KafkaService
+from devtools.stack.mongodb import FerretDBService
+from devtools.stack.mqtt import MosquittoService
+from devtools.stack.process import port_in_use, port_owner
+from devtools.stack.service import Service
+from devtools.stack.settings import StackSettings
 
 SERVICE_NAMES = ("kafka", "mqtt", "mongodb", "gcs")
 

@@ -10,7 +10,7 @@ import fastavro
 import numpy as np
 
 from fleetpulse.contract import ALERT_V1_ID, parsed_schema
-from fleetpulse.demo.evaluation import EventLog
+from devtools.demo.evaluation import EventLog
 from fleetpulse.framing import unframe
 from fleetpulse.ground_truth import TruthRecord
 

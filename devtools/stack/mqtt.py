@@ -9,9 +9,9 @@ import threading
 import uuid
 from importlib import resources
 
-from fleetpulse.stack.service import Service, ensure_dir
+from devtools.stack.service import Service, ensure_dir
 
-TEMPLATE = resources.files("fleetpulse.stack") / "assets" / "mosquitto.conf.template"
+TEMPLATE = resources.files("devtools.stack") / "assets" / "mosquitto.conf.template"
 
 
 class MosquittoService(Service):

@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fleetpulse import endpoints
-from fleetpulse.demo import collect, report
-from fleetpulse.demo.evaluation import evaluate
-from fleetpulse.demo.processes import Children, StageFailed, wait_http_ok
-from fleetpulse.stack import control
-from fleetpulse.stack.settings import StackSettings
+from devtools.demo import collect, report
+from devtools.demo.evaluation import evaluate
+from devtools.demo.processes import Children, StageFailed, wait_http_ok
+from devtools.stack import control
+from devtools.stack.settings import StackSettings
 from fleetpulse.topics import ALERTS, GROUND_TRUTH, SENSOR_DATA
 
 
@@ -106,7 +106,7 @@ class Demo:
         the transformer's start for 30 s while it loads them. Dropped, because FerretDB's delete_many
         fails on 100,000 documents; the stack then recreates the collection and its _id lookup index."""
         from fleetpulse.clients import mongo_client
-        from fleetpulse.stack.mongodb import FerretDBService
+        from devtools.stack.mongodb import FerretDBService
         from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
 
         client = mongo_client(endpoints.MONGODB_URI)

@@ -7,8 +7,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from fleetpulse.errors import StackError
-from fleetpulse.stack.process import ManagedProcess, port_in_use, port_owner
-from fleetpulse.stack.settings import StackSettings
+from devtools.stack.process import ManagedProcess, port_in_use, port_owner
+from devtools.stack.settings import StackSettings
 
 
 class Service(ABC):

@@ -6,7 +6,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from fleetpulse.stack.service import Service, ensure_dir
+from devtools.stack.service import Service, ensure_dir
 
 
 class FakeGCSService(Service):

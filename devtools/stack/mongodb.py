@@ -9,10 +9,10 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from fleetpulse.stack.service import Service, ensure_dir
-from fleetpulse.stack.settings import FERRETDB_VERSION
+from devtools.stack.service import Service, ensure_dir
+from devtools.stack.settings import FERRETDB_VERSION
 
-ASSETS = resources.files("fleetpulse.stack") / "assets" / "ferretdb"
+ASSETS = resources.files("devtools.stack") / "assets" / "ferretdb"
 
 
 class FerretDBService(Service):
