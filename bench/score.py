@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from fleetpulse import endpoints  # noqa: E402
 from devtools.benchmarking import write_result  # noqa: E402
 from fleetpulse.codec import encode_batch  # noqa: E402
-from inference.alerts import decode_alert  # noqa: E402
+from fleetpulse.alerts import decode_alert  # noqa: E402
 from tests.serving.conftest import FLEETPULSE, MEAN, STD, ModelServer, publish_model  # noqa: E402
 
 KAFKA = endpoints.KAFKA_BOOTSTRAP

@@ -45,7 +45,7 @@ from fleetpulse.codec import decode_batch
 from fleetpulse.contract import INT_FIELDS, N_FEATURES, SENSOR_FIELDS
 from fleetpulse.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEADER
 
-from inference.alerts import alert_record, encode_alert
+from fleetpulse.alerts import alert_record, encode_alert
 from fleetpulse.hysteresis import STATUS_NAMES, Hysteresis, Rule
 from inference.v2_client import V2Client
 from inference.twin_store import as_set_fields

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from fleetpulse.codec import encode_batch
 from fleetpulse.topics import DLQ_REASON_HEADER
-from inference.alerts import decode_alert
+from fleetpulse.alerts import decode_alert
 from tests.serving.conftest import FLEETPULSE, ModelServer, failing_rows, healthy_rows
 
 N_CARS = 20

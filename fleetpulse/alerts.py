@@ -1,10 +1,11 @@
-"""alert-v1 records (Avro, Confluent framing, schema id ALERT_V1_ID) for car status changes."""
+"""alert-v1 records (Avro, Confluent framing, schema id ALERT_V1_ID) for car status changes.
+
+The kernel owns the wire format: the transformer encodes alerts, the demo, benches and tests decode them."""
 
 from __future__ import annotations
 
 from fleetpulse.codec import encode_one
 from fleetpulse.contract import ALERT_V1_ID
-
 from fleetpulse.hysteresis import STATUS_NAMES
 
 
