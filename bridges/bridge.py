@@ -20,10 +20,10 @@ from confluent_kafka import KafkaError, Producer
 
 from bridges.metrics import BridgeMetrics
 from bridges.mqtt_source import MqttSource
-from bridges.mqtt_wire import Parsed, ProtocolError
 from bridges.settings import BridgeSettings
 from bridges.validation import invalid_payloads
 from fleetpulse.errors import FleetPulseError
+from fleetpulse.mqtt_wire import Parsed, ProtocolError
 from fleetpulse.topics import ARRIVAL_TIME_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEADER, MQTT_TOPIC_HEADER
 
 log = logging.getLogger("fleetpulse.bridge")

@@ -12,7 +12,8 @@ import socket
 import time
 from collections import deque
 
-from bridges import mqtt_wire as wire
+from fleetpulse import mqtt_wire as wire
+from fleetpulse.retry import Backoff
 
 log = logging.getLogger("fleetpulse.bridge.mqtt")
 
@@ -50,7 +51,7 @@ class MqttSource:
         self._rest = b""
         self._pending: wire.Parsed | None = None
         self._last_recv = self._last_ping = 0.0
-        self._backoff = 0.2
+        self._backoff = Backoff()
         self.next_attempt = 0.0
 
     @property
@@ -68,6 +69,7 @@ class MqttSource:
             sock.sendall(
                 wire.connect_packet(
                     self.client_id,
+                    protocol=wire.MQTT_5,
                     keepalive_s=self.keepalive_s,
                     clean_start=False,
                     session_expiry_s=self.session_expiry_s,
@@ -83,7 +85,7 @@ class MqttSource:
                 text = props.get(wire.PROP_REASON_STRING, b"").decode(errors="replace")
                 raise wire.ProtocolError(f"CONNACK reason {reason:#04x} {text}".strip())
             # Subscribing again on a resumed session is harmless and covers an expired one.
-            sock.sendall(wire.subscribe_packet(1, self.topic_filter, self.qos))
+            sock.sendall(wire.subscribe_packet(1, self.topic_filter, self.qos, protocol=wire.MQTT_5))
         except BaseException:
             sock.close()
             raise
@@ -93,7 +95,7 @@ class MqttSource:
         self.generation += 1
         self.ack_queue.clear()
         self._last_recv = self._last_ping = time.monotonic()
-        self._backoff = 0.2
+        self._backoff.reset()
         log.info("connected to %s as %s (session present: %s)", self.name, self.client_id, self.session_present)
 
     def _read_until(self, sock: socket.socket, packet_type: int) -> tuple[wire.Parsed, bytes]:
@@ -171,8 +173,7 @@ class MqttSource:
             self.sock.close()
         self.sock, self._rest, self._pending = None, b"", None
         self.ack_queue.clear()
-        self.next_attempt = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, 5.0)
+        self.next_attempt = time.monotonic() + self._backoff.next_delay()
 
     def close(self) -> None:
         """Normal DISCONNECT: the session (and its queue) survives for session_expiry_s."""

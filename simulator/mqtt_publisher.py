@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetpulse import mqtt_wire as wire
 from fleetpulse.errors import BrokerUnavailable
-from simulator import mqtt_wire as wire
+from fleetpulse.retry import Backoff
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux; Python 3.12 names it
 QOS1_WINDOW = 20_000
@@ -146,7 +147,7 @@ class Connection(asyncio.Protocol):
         except BaseException:
             sock.close()
             raise
-        self.transport.write(wire.connect_packet(self.client_id, self.keepalive_s))
+        self.transport.write(wire.connect_packet(self.client_id, protocol=wire.MQTT_3_1_1, keepalive_s=self.keepalive_s))
         try:
             code = await asyncio.wait_for(self._connack, self.connect_timeout_s)
         except BaseException:
@@ -155,7 +156,7 @@ class Connection(asyncio.Protocol):
             raise
         if code != 0:
             self.transport.abort()
-            raise ConnectionError(f"CONNACK refused: {wire.CONNACK_REASONS.get(code, code)}")
+            raise ConnectionError(f"CONNACK refused: {wire.CONNECT_RETURN_CODES.get(code, code)}")
         self.connected = True
         self.last_recv = time.monotonic()
         self.stats.open_connections += 1
@@ -166,9 +167,9 @@ class Connection(asyncio.Protocol):
         self._update_ready()
 
     async def _reconnect(self) -> None:
-        delay = 0.2
+        backoff = Backoff()
         while not self.closing and not self.connected:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff.next_delay())
             try:
                 await self.open()
                 self.stats.reconnects += 1
@@ -176,7 +177,6 @@ class Connection(asyncio.Protocol):
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 self.stats.connect_errors += 1
                 self.stats.last_error = f"{self.client_id}: reconnect to {self.endpoint.host}:{self.endpoint.port} failed ({exc})"
-                delay = min(delay * 2, 5.0)
 
     # --- publishing -------------------------------------------------------------------------------
     def _update_ready(self) -> None:
@@ -224,7 +224,7 @@ class Connection(asyncio.Protocol):
             self.stats.last_error = f"{self.client_id}: no PINGRESP within {self.keepalive_s / 2:.0f}s; reconnecting"
             self.transport.abort()  # connection_lost schedules the reconnect
             return
-        self.transport.write(wire.PINGREQ)
+        self.transport.write(wire.PINGREQ_PACKET)
         self.ping_sent = now
 
     async def close(self) -> None:
@@ -232,7 +232,7 @@ class Connection(asyncio.Protocol):
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         if self.connected and self.transport is not None:
-            self.transport.write(wire.DISCONNECT)
+            self.transport.write(wire.DISCONNECT_PACKET)
             self.transport.close()
 
 

@@ -27,11 +27,11 @@ from fleetpulse.codec import encode_batch
 from fleetpulse.contract import topic_for_car
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.ground_truth import HEALTHY, TruthRecord
+from fleetpulse.mqtt_wire import PublishBuilder
 from simulator.car_model import block_count, car_id, make_blocks
 from simulator.csv_source import make_csv_blocks
 from simulator.failures import FailurePlan, plan_failures
 from simulator.mqtt_publisher import Connection, Endpoint, Pool, PublishStats
-from simulator.mqtt_wire import PublishBuilder
 
 PER_PROCESS_CONNECTIONS = 15_000
 """Connections one process opens (the hard open-files limit here is 20,000)."""

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bridges import mqtt_wire as wire
+from fleetpulse import mqtt_wire as wire
 from fleetpulse.codec import decode_batch, encode_batch
 from fleetpulse.contract import MQTT_TOPIC_PREFIX, N_FEATURES
+from fleetpulse.retry import Backoff, retry
 
 
 def payloads(n: int, start_seq: int = 0, seed: int = 0) -> list[bytes]:
@@ -55,7 +56,7 @@ def garbage(n: int, seed: int = 1) -> list[bytes]:
 def packets(bodies: list[bytes], cars: int, prefix: str, qos: int = 1) -> list[bytes]:
     """PUBLISH packets spreading ``bodies`` round-robin over ``cars`` car ids ``<prefix>-<n>``."""
     topics = [f"{MQTT_TOPIC_PREFIX}{prefix}-{i:05d}".encode() for i in range(cars)]
-    return [wire.publish_packet(topics[i % cars], body, qos, (i % 65535) + 1) for i, body in enumerate(bodies)]
+    return [wire.publish_packet(topics[i % cars], body, qos, (i % 65535) + 1, protocol=wire.MQTT_5) for i, body in enumerate(bodies)]
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Publisher:
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(wire.connect_packet(self.client_id, keepalive_s=60, clean_start=True))
+        sock.sendall(wire.connect_packet(self.client_id, protocol=wire.MQTT_5, keepalive_s=60))
         data, parsed = b"", wire.Parsed()
         while not parsed.control:
             chunk = sock.recv(4096)
@@ -142,15 +143,7 @@ class Publisher:
 
     def _reconnect(self, rep: PublishReport, for_s: float) -> None:
         self.close()
-        deadline = time.monotonic() + for_s
-        while True:
-            try:
-                self.connect()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        retry(self.connect, (OSError,), Backoff(initial=0.2, maximum=0.2, deadline_s=for_s))
         rep.reconnects += 1
         rep.sent = rep.acked  # Mosquitto acks in order: everything after the last PUBACK is sent again
 
@@ -162,18 +155,6 @@ class Publisher:
                 pass
             self.sock.close()
             self.sock = None
-
-
-def kafka_end_offsets(bootstrap: str, topic: str) -> int:
-    """Total records in ``topic`` (sum of high watermarks): cheap progress counting without consuming."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fleetpulse-count-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
-    finally:
-        c.close()
 
 
 def wait_for_count(bootstrap: str, topic: str, expected: int, timeout_s: float, poll_s: float = 0.2) -> tuple[int, float]:

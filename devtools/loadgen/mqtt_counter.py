@@ -8,18 +8,11 @@ paho on_message callback would not. It acks QoS 1 deliveries, can keep a persist
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from collections import Counter as Tally
 
-from simulator import mqtt_wire as wire
-
-
-def subscribe_packet(pid: int, topic_filter: str, qos: int) -> bytes:
-    raw = topic_filter.encode()
-    body = struct.pack(">H", pid) + struct.pack(">H", len(raw)) + raw + bytes([qos])
-    return bytes([0x82]) + wire.remaining_length(len(body)) + body
+from fleetpulse import mqtt_wire as wire
 
 
 class CountingSubscriber:
@@ -66,8 +59,8 @@ class CountingSubscriber:
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=5)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.sendall(wire.connect_packet(self.client_id, 60, self.clean))
-        sock.sendall(subscribe_packet(1, self.filter, self.qos))
+        sock.sendall(wire.connect_packet(self.client_id, protocol=wire.MQTT_3_1_1, keepalive_s=60, clean_start=self.clean))
+        sock.sendall(wire.subscribe_packet(1, self.filter, self.qos, protocol=wire.MQTT_3_1_1))
         sock.settimeout(0.2)
         return sock
 
@@ -95,7 +88,7 @@ class CountingSubscriber:
                 self.reconnects += 1
                 continue
             if time.monotonic() - last_ping > 20:
-                sock.sendall(wire.PINGREQ)
+                sock.sendall(wire.PINGREQ_PACKET)
                 last_ping = time.monotonic()
             if data:
                 buf += data
@@ -110,7 +103,7 @@ class CountingSubscriber:
                         sock = None
         if sock is not None:
             try:
-                sock.sendall(wire.DISCONNECT)
+                sock.sendall(wire.DISCONNECT_PACKET)
             finally:
                 sock.close()
 
@@ -131,7 +124,7 @@ class CountingSubscriber:
                     if topic + payload not in self.payloads:  # a QoS 1 redelivery is counted once
                         self.payloads.add(topic + payload)
                         self.messages.append((topic, payload))
-            elif ptype == 9:  # SUBACK
+            elif ptype == wire.SUBACK:
                 self._subscribed.set()
         if n:
             self.count += n
