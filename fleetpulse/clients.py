@@ -69,14 +69,6 @@ def gcs_client(endpoint: str | None, project: str = "fleetpulse"):
     return storage.Client(project=project)
 
 
-def split_gs_uri(uri: str) -> tuple[str, str]:
-    """``gs://bucket/a/b`` -> ("bucket", "a/b")."""
-    if not uri.startswith("gs://"):
-        raise ValueError(f"not a gs:// URI: {uri!r}")
-    bucket, _, prefix = uri[5:].partition("/")
-    return bucket, prefix
-
-
 def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] | None = None, timeout: float = 15.0) -> list[str]:
     """Create the project's topics that do not exist yet; return the names created."""
     from confluent_kafka import KafkaError, KafkaException

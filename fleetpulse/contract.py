@@ -73,10 +73,5 @@ def parsed_schema(schema_id: int):
     return fastavro.parse_schema(schema_json(version))
 
 
-def car_id_from_topic(topic: str) -> str:
-    """The car id is the last segment of ``vehicles/sensor/data/<car-id>``."""
-    return topic.rsplit("/", 1)[-1]
-
-
 def topic_for_car(car_id: str) -> str:
     return MQTT_TOPIC_PREFIX + car_id

@@ -57,9 +57,6 @@ class ManagedProcess:
         self.pid_file.write_text(str(proc.pid))
         return proc.pid
 
-    def exited_early(self) -> bool:
-        return self.pid_file.exists() and not self.running()
-
     def stop(self, timeout: float = 20.0) -> bool:
         pid = self.pid()
         if pid is None:
