@@ -288,7 +288,7 @@ def main() -> None:
                 "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
                 "brokers": "local stack Mosquitto 2.0.11 + Kafka 3.9.2 (single node) on the same 2 cores, shared with other work",
                 "publisher": "raw-socket pre-built PUBLISH packets; 1 connection at QoS 0, 3 at QoS 1 (window 900 each)",
-                "bridge_settings": BridgeSettings().model_dump(mode="json", exclude={"mqtt_password", "client_id"}),
+                "bridge_settings": BridgeSettings().model_dump(mode="json", exclude={"mqtt_password", "kafka_password", "client_id"}),
             },
             "baseline": "paho-mqtt 2.x on_message -> produce() + poll(0) per message, same producer config (idempotent, acks=all, linger 5 ms, lz4)",
             "throughput": runs,

@@ -46,7 +46,7 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(BridgeSettings, **flags)
-    require_kafka(settings.kafka_bootstrap_servers)
+    require_kafka(settings.kafka)
     require_mqtt(settings.mqtt_brokers)
     try:
         ensure_topics(settings)
@@ -89,7 +89,7 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
     summary = b.run(should_stop, progress, every_s=progress_every)
     b.producer.flush(10)
     if as_json:
-        click.echo(json.dumps({**summary.as_dict(), "settings": settings.model_dump(mode="json", exclude={"mqtt_password"})}))
+        click.echo(json.dumps({**summary.as_dict(), "settings": settings.model_dump(mode="json", exclude={"mqtt_password", "kafka_password"})}))
     else:
         click.echo(
             f"bridge stopped after {summary.elapsed_s:.1f}s: received {summary.received:,}, forwarded {summary.forwarded:,}, "

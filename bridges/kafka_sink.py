@@ -17,7 +17,7 @@ log = logging.getLogger("fleetpulse.bridge.kafka")
 def producer_config(settings: BridgeSettings, error_cb=None) -> dict:
     """Idempotent, acks=all, batched: a record is confirmed only once every in-sync replica has it."""
     conf = kafka_config(
-        settings.kafka_bootstrap_servers,
+        settings.kafka,
         **{
             "enable.idempotence": True,
             "acks": "all",
@@ -44,7 +44,7 @@ def build_producer(settings: BridgeSettings, error_cb=None) -> Producer:
 def ensure_topics(settings: BridgeSettings, timeout: float = 15.0) -> list[str]:
     """Create the data and dead-letter topics if missing (partitions/retention from fleetpulse.topics)."""
     specs = [replace(TOPICS[SENSOR_DATA], name=settings.topic), replace(TOPICS[SENSOR_DATA_DLQ], name=settings.dlq_topic)]
-    created = create_missing_topics(settings.kafka_bootstrap_servers, specs, timeout)
+    created = create_missing_topics(settings.kafka, specs, timeout)
     if created:
         log.info("created topics %s", created)
     return created

@@ -6,22 +6,21 @@ import socket
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fleetpulse import endpoints
 from fleetpulse.contract import MQTT_TOPIC_PREFIX
-from fleetpulse.settings import BrokerList, parse_hostports
+from fleetpulse.settings import BrokerList, KafkaClientSettings, parse_hostports
 from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ
 
 
-class BridgeSettings(BaseSettings):
+class BridgeSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_BRIDGE_", extra="ignore")
 
     mqtt_brokers: BrokerList = endpoints.MQTT_BROKERS
     """Comma list of host:port; the bridge subscribes on each (cars may be spread over several brokers)."""
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
-    kafka_bootstrap_servers: str = endpoints.KAFKA_BOOTSTRAP
     topic: str = SENSOR_DATA
     dlq_topic: str = SENSOR_DATA_DLQ
     qos: int = Field(1, ge=0, le=1)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fleetpulse import endpoints
+from fleetpulse.settings import KafkaClientSettings
 
 
-class TrainSettings(BaseSettings):
+class TrainSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_TRAIN_", extra="ignore")
 
-    kafka_bootstrap_servers: str = endpoints.KAFKA_BOOTSTRAP
     gcs_endpoint: str = endpoints.GCS_ENDPOINT  # empty = real GCS
     bucket: str = endpoints.MODEL_BUCKET

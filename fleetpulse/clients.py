@@ -18,7 +18,7 @@ def kafka_config(connection: KafkaConnection | str, **extra) -> dict:
     return {**connection.librdkafka(), **extra}
 
 
-def require_kafka(bootstrap_servers: str, timeout: float = 10.0) -> None:
+def require_kafka(connection: KafkaConnection | str, timeout: float = 10.0) -> None:
     """Raise BrokerUnavailable unless a Kafka metadata round trip succeeds within ``timeout``.
 
     TF-IO's Kafka datasets and librdkafka producers silently wait or yield nothing when the broker
@@ -27,11 +27,12 @@ def require_kafka(bootstrap_servers: str, timeout: float = 10.0) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "socket.connection.setup.timeout.ms": int(timeout * 1000), "log_level": 0})
+    conf = kafka_config(connection, **{"socket.connection.setup.timeout.ms": int(timeout * 1000), "log_level": 0})
+    admin = AdminClient(conf)
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise BrokerUnavailable(f"Kafka at {bootstrap_servers} is unreachable ({exc.args[0].str()}); is the stack up? (fleetpulse stack up)") from None
+        raise BrokerUnavailable(f"Kafka at {conf['bootstrap.servers']} is unreachable ({exc.args[0].str()}); is the stack up? (fleetpulse stack up)") from None
 
 
 def require_tcp(what: str, host: str, port: int, timeout: float = 3.0) -> None:
@@ -69,12 +70,12 @@ def gcs_client(endpoint: str | None, project: str = "fleetpulse"):
     return storage.Client(project=project)
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] | None = None, timeout: float = 15.0) -> list[str]:
+def ensure_topics(connection: KafkaConnection | str, specs: Iterable[TopicSpec] | None = None, timeout: float = 15.0) -> list[str]:
     """Create the project's topics that do not exist yet; return the names created."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient(kafka_config(connection, log_level=0))
     specs = list(TOPICS.values() if specs is None else specs)
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(s.name, s.partitions, 1, config=s.kafka_config()) for s in specs if s.name not in existing]

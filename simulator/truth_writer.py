@@ -2,43 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from fleetpulse.clients import kafka_config, require_kafka
+from fleetpulse.clients import ensure_topics, kafka_config, require_kafka
 from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.ground_truth import TruthRecord
-from fleetpulse.topics import TOPICS
+from fleetpulse.settings import KafkaConnection
+from fleetpulse.topics import GROUND_TRUTH, TOPICS
 
 
-def ensure_topic(bootstrap: str, topic: str) -> None:
-    """Create the truth topic if it is missing (1 partition, kept forever, like ``ground-truth``)."""
+def ensure_topic(connection: KafkaConnection | str, topic: str) -> None:
+    """Create the truth topic if it is missing, partitioned and kept forever like ``ground-truth``."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(kafka_config(bootstrap))
-    if topic in admin.list_topics(timeout=10).topics:
-        return
-    spec = TOPICS.get(topic)
-    new = NewTopic(topic, num_partitions=spec.partitions if spec else 1, replication_factor=1, config={"retention.ms": "-1"})
     try:
-        admin.create_topics([new])[topic].result(timeout=15)
+        ensure_topics(connection, [replace(TOPICS[GROUND_TRUTH], name=topic)])
     except KafkaException as exc:
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
-            raise BrokerUnavailable(f"cannot create truth topic {topic!r} on {bootstrap}: {exc}") from None
+        servers = kafka_config(connection)["bootstrap.servers"]
+        raise BrokerUnavailable(f"cannot create truth topic {topic!r} on {servers}: {exc}") from None
 
 
 class TruthWriter:
-    def __init__(self, bootstrap: str | None, topic: str | None, path: Path | None):
+    def __init__(self, kafka: KafkaConnection | str | None, topic: str | None, path: Path | None):
         self.topic = topic or None
         self.count = 0
         self.producer = None
         if self.topic:
             from confluent_kafka import Producer
 
-            require_kafka(bootstrap)
-            ensure_topic(bootstrap, self.topic)
-            self.producer = Producer(kafka_config(bootstrap, **{"linger.ms": 50, "queue.buffering.max.messages": 2_000_000, "acks": "all"}))
+            require_kafka(kafka)
+            ensure_topic(kafka, self.topic)
+            self.producer = Producer(kafka_config(kafka, **{"linger.ms": 50, "queue.buffering.max.messages": 2_000_000, "acks": "all"}))
         self.file = open(path, "w") if path else None
         self.delivery_errors = 0
 

@@ -124,3 +124,14 @@ def test_unreachable_servers_fail_with_one_clear_line(kafka_bootstrap):
     proc = run_cli(mqtt_brokers=f"127.0.0.1:{free_port()}", kafka_bootstrap_servers=kafka_bootstrap, metrics_port="0")
     assert proc.returncode == 1 and "MQTT broker at 127.0.0.1:" in proc.stderr and "unreachable" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_producer_takes_the_kafka_connection_from_settings_and_keeps_its_delivery_guarantees(monkeypatch):
+    from bridges.kafka_sink import producer_config
+    from bridges.settings import BridgeSettings
+
+    monkeypatch.setenv("FLEETPULSE_BRIDGE_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("FLEETPULSE_BRIDGE_KAFKA_CA_FILE", "/etc/fleetpulse/ca.pem")
+    conf = producer_config(BridgeSettings())
+    assert conf["security.protocol"] == "SSL" and conf["ssl.ca.location"] == "/etc/fleetpulse/ca.pem"
+    assert conf["enable.idempotence"] is True and conf["acks"] == "all"
