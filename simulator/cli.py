@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -15,7 +16,9 @@ from fleetpulse.ground_truth import FAILURE_MODES
 from fleetpulse.settings import load_settings
 from fleetpulse.topics import GROUND_TRUTH
 from simulator.csv_source import DEFAULT_CSV
+from simulator.profiles import PROFILES
 from simulator.runner import RunConfig, Sink, auto_workers, make_plan, run_in_process, run_processes
+from simulator.sensor_layer import SensorLayer
 from simulator.settings import SimulatorSettings
 from simulator.truth_writer import TruthWriter
 
@@ -103,6 +106,8 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
         "workers": cfg.workers,
         "qos": cfg.qos,
         "source": cfg.source,
+        "profile": cfg.profile,
+        "sensors": asdict(cfg.sensors),
         "rate": cfg.rate,
         "sample_interval_s": cfg.sample_interval,
         "seed": cfg.seed,
@@ -124,6 +129,10 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help=f"CSV to replay [default: {DEFAULT_CSV}]")
 @click.option("--sample-interval", default=10.0, show_default=True, type=POSITIVE, help="Simulated seconds per event (time compression).")
 @click.option("--ramp", "ramp_s", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Simulated seconds a failure takes to reach full severity.")
+@click.option("--profile", default="default", show_default=True, type=click.Choice(list(PROFILES)), help="Fleet profile: what healthy driving, climate and batteries look like (simulator/profiles.py).")
+@click.option("--sensor-noise", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Gaussian sensor noise, in multiples of a typical sensor's (simulator/sensor_layer.py).")
+@click.option("--quantise", is_flag=True, help="Report readings in sensor steps (integer C and km/h, 1% charge, ...).")
+@click.option("--stuck-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Chance per car and reading that one sensor repeats its last report.")
 @click.option("--truth-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write ground truth as JSON Lines here.")
 @click.option("--truth-topic", default=GROUND_TRUTH, show_default=True, help="Kafka topic for ground truth ('' = none).")
 @click.option("--mqtt-brokers", help="host:port[,host:port...]; cars spread over them [env FLEETPULSE_SIMULATOR_MQTT_BROKERS].")
@@ -133,23 +142,26 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
 @click.option("--metrics", is_flag=True, help="Serve Prometheus /metrics on FLEETPULSE_SIMULATOR_METRICS_PORT.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def simulate(cars, rate, duration, seed, failures, connections, qos, source, csv_path, sample_interval, ramp_s, truth_file,
-             truth_topic, mqtt_brokers, kafka_bootstrap_servers, workers, keepalive, metrics, quiet, as_json):
+def simulate(cars, rate, duration, seed, failures, connections, qos, source, csv_path, sample_interval, ramp_s, profile, sensor_noise,
+             quantise, stuck_rate, truth_file, truth_topic, mqtt_brokers, kafka_bootstrap_servers, workers, keepalive, metrics, quiet, as_json):
     """Publish one cardata-v1 record per car every 1/RATE s on vehicles/sensor/data/<car-id>.
 
     A fraction of cars (--failures) develops one failure mode at a random onset; ground truth goes to
     Kafka (--truth-topic) and --truth-file, never into the MQTT payload.
     """
     settings = load_settings(SimulatorSettings, mqtt_brokers=mqtt_brokers, kafka_bootstrap_servers=kafka_bootstrap_servers)
+    sensors = SensorLayer(sensor_noise, quantise, stuck_rate)
     if source == "csv":
         csv_path = csv_path or DEFAULT_CSV
         if not csv_path.is_file():
             raise click.BadParameter(f"{csv_path} does not exist", param_hint="--csv")
+        if profile != "default" or sensors.active:
+            raise click.BadParameter("a CSV replay has its own cars and sensors", param_hint="--profile/--sensor-noise/--quantise/--stuck-rate")
     connections = min(connections, cars)
     cfg = RunConfig(
         cars=cars, rate=rate, duration=duration, seed=seed, failures=failures, connections=connections, qos=int(qos),
         source=source, csv_path=str(csv_path) if csv_path else None, sample_interval=sample_interval, ramp_s=ramp_s,
-        brokers=settings.broker_list(), keepalive=keepalive, workers=workers or auto_workers(cars, connections),
+        profile=profile, sensors=sensors, brokers=settings.broker_list(), keepalive=keepalive, workers=workers or auto_workers(cars, connections),
     )
     require_mqtt(settings.mqtt_brokers)
     writer = None

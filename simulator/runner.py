@@ -32,6 +32,8 @@ from simulator.car_model import block_count, car_id, make_blocks
 from simulator.csv_source import make_csv_blocks
 from simulator.failures import FailurePlan, plan_failures
 from simulator.mqtt_publisher import Connection, Endpoint, Pool, PublishStats
+from simulator.profiles import get as get_profile
+from simulator.sensor_layer import SensorLayer
 
 PER_PROCESS_CONNECTIONS = 15_000
 """Connections one process opens (the hard open-files limit here is 20,000)."""
@@ -52,6 +54,8 @@ class RunConfig:
     csv_path: str | None = None
     sample_interval: float = 10.0
     ramp_s: float = 0.0
+    profile: str = "default"
+    sensors: SensorLayer = field(default_factory=SensorLayer)
     brokers: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 11883)])
     keepalive: int = 60
     workers: int = 1
@@ -145,7 +149,8 @@ class Worker:
         if cfg.source == "csv":
             self.blocks = make_csv_blocks(cfg.cars, Path(cfg.csv_path), only=own)
         else:
-            self.blocks = make_blocks(cfg.cars, cfg.seed, self.plan, cfg.sample_interval, cfg.ramp_s, only=own)
+            self.blocks = make_blocks(cfg.cars, cfg.seed, self.plan, cfg.sample_interval, cfg.ramp_s, only=own,
+                                      profile=get_profile(cfg.profile), sensors=cfg.sensors)
         self.stats = PublishStats()
         self.layout = Layout(cfg, worker, self.blocks, self.stats)
         self.builder = PublishBuilder([topic_for_car(car_id(i)) for i in range(cfg.cars)])
