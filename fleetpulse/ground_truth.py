@@ -1,5 +1,6 @@
 """Simulator ground truth: one record per car per state change, on Kafka topic ``ground-truth``
-(JSON value, key = car id) and optionally as JSON Lines. Evaluation reads it; training never does."""
+(JSON value, key = car id) and optionally as JSON Lines. Evaluation (fleetpulse.evaluation) reads it;
+training never does."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ FAILURE_MODES: tuple[str, ...] = (
     "outdated_firmware",
     "battery_degradation",
 )
-MODES = (HEALTHY, *FAILURE_MODES)
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,3 @@ def histories_by_car(records: Iterable[TruthRecord]) -> dict[str, list[TruthReco
         history.sort(key=lambda r: (r.onset_ts, r.onset_seq))
     return out
 
-
-def mode_at(history: list[TruthRecord], ts_ms: int) -> str:
-    """The car's mode at Kafka timestamp ``ts_ms`` (HEALTHY before its first failure onset)."""
-    mode = HEALTHY
-    for r in history:
-        if r.onset_ts <= ts_ms:
-            mode = r.mode
-        else:
-            break
-    return mode
