@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from components import features, models
-from components.evaluate import ZScoreBaseline, evaluate_scores, label
+from components.evaluate import ZScoreBaseline, evaluate_scores
 from components.kafka_dataset import (
     Window,
     WindowError,
@@ -28,6 +28,7 @@ from components.kafka_dataset import (
 )
 from fleetpulse.contract import CARDATA_V1_ID, SENSOR_FIELDS
 from fleetpulse.errors import FleetPulseError
+from fleetpulse.evaluation import label
 
 Progress = Callable[[str], None]
 
@@ -144,7 +145,7 @@ def evaluate_step(model_dir: Path, train_info: dict, out_dir: Path, truth_topic:
                           f"per {truth_topic!r} ({len(truth)} truth records); cannot calibrate a threshold")
     scores = _score(model_dir, train_info["model_type"], train_info.get("window"), values, keys)
     baseline = ZScoreBaseline(train_info["robust_center"], train_info["robust_scale"]).score(values)
-    threshold, metrics = evaluate_scores(scores, baseline, lab)
+    threshold, metrics = evaluate_scores(scores, baseline, keys, lab)
     metrics["undecodable"] = train_info["undecodable"] + recs.undecodable
     metrics["eval_window"] = window.to_json()
     models.set_threshold(model_dir, threshold, Path(out_dir) / "model")
