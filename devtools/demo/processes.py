@@ -64,15 +64,6 @@ class Children:
         if proc is not None and proc.poll() is not None:
             raise StageFailed(f"{name} exited with {proc.returncode} (log: {self.log_dir / f'{name}.log'})")
 
-    def wait(self, name: str, timeout: float) -> int | None:
-        proc = self.procs.get(name)
-        if proc is None:
-            return None
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
     def stop(self, name: str, timeout: float = 15) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:

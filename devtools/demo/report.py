@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from devtools.demo import svg
-from devtools.demo.evaluation import Evaluation
+from fleetpulse.evaluation import Quality
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#111827;padding:0 1rem}
@@ -66,23 +66,29 @@ def architecture_svg() -> str:
     return "".join(parts)
 
 
-def summary_dict(run: dict, ev: Evaluation) -> dict:
+def _per_mode(ev: Quality) -> dict:
+    return {mode: {k: round(v, 4) if isinstance(v, float) else v for k, v in q.as_dict().items()} for mode, q in ev.per_mode.items()}
+
+
+def summary_dict(run: dict, ev: Quality) -> dict:
     lat = np.array(run.get("latencies_ms", []), dtype=float)
+    c = ev.counts
     return {
         "cars": run["cars"],
         "events": ev.events,
         "events_published": run.get("events_published"),
         "alerts": run["alerts"],
         "twins": run["twins"],
-        "f1": round(ev.overall.f1, 4),
-        "precision": round(ev.overall.precision, 4),
-        "recall": round(ev.overall.recall, 4),
+        "f1": round(c.f1, 4),
+        "precision": round(c.precision, 4),
+        "recall": round(c.recall, 4),
         "median_detection_delay_events": ev.median_detection_delay,
         "false_alerts": ev.false_alerts,
         "false_alerts_per_1000_car_hours": round(ev.false_alerts_per_1000_car_hours, 3),
         "car_hours": round(ev.car_hours, 1),
-        "missed_failing_cars": ev.missed_cars,
-        "detected_failing_cars": len(ev.detection_delays),
+        "missed_failing_cars": ev.missed,
+        "detected_failing_cars": len(ev.delays),
+        "healthy_cars_alerted_share": round(ev.healthy_cars_alerted_share, 4),
         "events_per_s": run.get("events_per_s"),
         "p50_latency_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p99_latency_ms": float(np.percentile(lat, 99)) if len(lat) else None,
@@ -90,8 +96,8 @@ def summary_dict(run: dict, ev: Evaluation) -> dict:
         "model_version": run.get("model_version"),
         "threshold": run.get("threshold"),
         "training": run.get("training", {}),
-        "per_failure_mode": ev.per_mode,
-        "confusion": {"tp": ev.overall.tp, "fp": ev.overall.fp, "fn": ev.overall.fn, "tn": ev.overall.tn},
+        "per_failure_mode": _per_mode(ev),
+        "confusion": {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn},
         "stages_s": run.get("stages_s", {}),
         "parameters": run.get("parameters", {}),
         "wall_time_s": run.get("wall_time_s"),
@@ -103,7 +109,7 @@ def _kpi(label: str, value, good: bool | None = None) -> str:
     return f'<div class="kpi"><b{cls}>{escape(str(value))}</b><span>{escape(label)}</span></div>'
 
 
-def render_html(summary: dict, run: dict, ev: Evaluation) -> str:
+def render_html(summary: dict, run: dict, ev: Quality) -> str:
     s = summary
     out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>FleetPulse demo report</title><style>{STYLE}</style></head><body>"]
     params = s.get("parameters", {})
@@ -154,7 +160,7 @@ def render_html(summary: dict, run: dict, ev: Evaluation) -> str:
         )
     out.append("</div>")
 
-    delays = ev.detection_delays
+    delays = ev.delays
     if delays:
         hi = max(delays)
         counts = np.bincount(np.array(delays), minlength=hi + 1)
@@ -176,7 +182,7 @@ def render_html(summary: dict, run: dict, ev: Evaluation) -> str:
     return "\n".join(out)
 
 
-def write(out_dir: Path, run: dict, ev: Evaluation) -> dict:
+def write(out_dir: Path, run: dict, ev: Quality) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary_dict(run, ev)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

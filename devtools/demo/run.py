@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,9 +15,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fleetpulse import endpoints
+from fleetpulse import endpoints, evaluation
 from devtools.demo import collect, report
-from devtools.demo.evaluation import evaluate
 from devtools.demo.processes import Children, StageFailed, wait_http_ok
 from devtools.stack import control
 from devtools.stack.settings import StackSettings
@@ -43,7 +42,6 @@ class DemoParams:
     bridge_metrics_port: int = 0
     score_metrics_port: int = 0
     idle_s: float = 5.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -227,7 +225,7 @@ class Demo:
         log = collect.event_log(self.bootstrap, SENSOR_DATA, start[SENSOR_DATA], end[SENSOR_DATA])
         alerts = collect.alerts(self.bootstrap, ALERTS, start[ALERTS], end[ALERTS])
         truth = collect.truth(self.bootstrap, GROUND_TRUTH, start[GROUND_TRUTH], end[GROUND_TRUTH])
-        ev = evaluate(log, alerts, truth)
+        ev = evaluation.quality(collect.alerting(log, alerts), evaluation.label(log.car, log.ts_ms, truth))
         cars = sorted(set(log.car.tolist()))
         twins = self._count_twins(cars)
         latencies = [a["alert_ts_ms"] - a["event_ts_ms"] for a in alerts]
@@ -246,7 +244,7 @@ class Demo:
             "model_version": trained.get("version"),
             "threshold": trained.get("threshold") or metrics.get("threshold"),
             "training": {"records": trained.get("records"), "metrics": metrics},
-            "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.p).items() if k != "extra"},
+            "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.p).items()},
             "score_traces": self._score_traces(log, truth, end),
             "_evaluation": ev,
         }
@@ -300,20 +298,19 @@ class Demo:
         return traces
 
     def _infer(self, rows):
-        import urllib.error
-        import urllib.request
+        """Scores from the model server's V2 REST endpoint (inference/'s client speaks gRPC and its
+        modules are being moved; this is the one call the report needs)."""
+        import httpx
 
         if self.p.model != "autoencoder" or not len(rows):
             return None  # the LSTM needs per-car windows; traces are drawn for the autoencoder
-        body = {"id": uuid.uuid4().hex, "inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}]}
-        req = urllib.request.Request(f"http://127.0.0.1:{self.p.http_port}/v2/models/{self.p.model_name}/infer", data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})  # fmt: skip
+        url = f"http://127.0.0.1:{self.p.http_port}/v2/models/{self.p.model_name}/infer"
+        tensor = {"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                out = json.loads(resp.read())
-        except (urllib.error.URLError, OSError):
+            resp = httpx.post(url, json={"inputs": [tensor]}, timeout=30).raise_for_status()
+        except httpx.HTTPError:
             return None
-        return next(o["data"] for o in out["outputs"] if o["name"] == "score")
+        return next(o["data"] for o in resp.json()["outputs"] if o["name"] == "score")
 
 
 def _free_port() -> int:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from devtools.demo import report
-from devtools.demo.evaluation import EventLog, evaluate
+from devtools.demo.collect import EventLog, alerting
+from fleetpulse.evaluation import label, quality
 from fleetpulse.ground_truth import TruthRecord
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,7 +30,7 @@ def small_run() -> tuple[dict, object]:
     truth = [TruthRecord(c, "healthy", 0, 0.0, 0, 10.0) for c in cars] + [TruthRecord(cars[0], "overheating", 30_000, 1.0, 30, 10.0)]
     off = int(log.offset[(log.car == cars[0]) & (log.ts_ms == 32_000)][0])
     alerts = [{"car_id": cars[0], "status": "failing", "source_partition": 0, "source_offset": off, "event_ts_ms": 32_000, "alert_ts_ms": 32_040}]
-    ev = evaluate(log, alerts, truth)
+    ev = quality(alerting(log, alerts), label(log.car, log.ts_ms, truth))
     run = {
         "cars": 4, "alerts": 1, "twins": 4, "latencies_ms": [40], "events_per_s": 1234.0, "model_uri": "gs://fleetpulse-models/car-anomaly/1/",
         "threshold": 2.5, "throughput": [(0, 100.0), (1, 200.0)], "latency_timeline": [(0, 40.0)],
