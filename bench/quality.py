@@ -3,8 +3,9 @@ trained as the pipeline trains them, measured on a later stretch they never saw.
 
 The same split as `make demo`: a training stretch (seed S, 150 events per car) of which 30% of the cars
 are held out to calibrate the threshold, and a detection stretch (seed S + 1, 250 events per car).
-Alert figures use the serving hysteresis (fleetpulse.hysteresis); the baseline is the robust per-feature
-z-score on the same stretch. This is how the model choices in components/models.py were measured.
+Labels and figures come from fleetpulse.evaluation (alerts under the serving hysteresis); the baseline
+is the robust per-feature z-score on the same stretch. This is how the model choices in
+components/models.py were measured.
 Writes bench/results/quality.json.
 
     .venv/bin/python bench/quality.py [--quick] [--cars N] [--seeds 42 44]
@@ -28,45 +29,47 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from components import evaluate, features, models  # noqa: E402
 from components.kafka_dataset import is_eval_car  # noqa: E402
-from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY  # noqa: E402
+from fleetpulse import evaluation  # noqa: E402
+from fleetpulse.ground_truth import HEALTHY, TruthRecord  # noqa: E402
 from simulator.car_model import car_id, make_blocks  # noqa: E402
 from simulator.failures import plan_failures  # noqa: E402
 
 INTERVAL_S = 10.0
 
 
-def stretch(cars: int, events: int, seed: int, failures: float = 0.05):
-    """(values [N, 18], keys, modes, seq) event-major, as the simulator publishes them."""
+def stretch(cars: int, events: int, seed: int, failures: float = 0.05) -> tuple[np.ndarray, np.ndarray, evaluation.Labels]:
+    """(values [N, 18], keys, labels) event-major, as the simulator publishes them; ground truth as it
+    publishes it (a healthy record per car, one at each onset), on a clock of one event per interval."""
     plan = plan_failures(cars, events, failures, seed)
     blocks = make_blocks(cars, seed, plan, INTERVAL_S)
-    ids = np.array([car_id(i).encode() for i in range(cars)], dtype=object)
-    names = np.array([HEALTHY, *FAILURE_MODES], dtype=object)
-    values, keys, modes, seq = [], [], [], []
-    for _ in range(events):
-        for b in blocks:
-            step = b.step()
-            sl = slice(b.first, b.first + b.n)
-            values.append(step.values.astype(np.float32))
-            keys.append(ids[sl])
-            modes.append(np.where(step.seq >= plan.onset_seq[sl], names[plan.mode[sl]], HEALTHY))
-            seq.append(np.full(b.n, step.seq))
-    return np.concatenate(values), np.concatenate(keys), np.concatenate(modes), np.concatenate(seq)
+    ids = [car_id(i) for i in range(cars)]
+    interval_ms = int(INTERVAL_S * 1000)
+    values = np.concatenate([b.step().values.astype(np.float32) for _ in range(events) for b in blocks])
+    keys = np.array([c.encode() for c in ids] * events, dtype=object)
+    ts = np.repeat(np.arange(events, dtype=np.int64) * interval_ms, cars)
+    truth = [TruthRecord(c, HEALTHY, 0, 0.0, 0, INTERVAL_S) for c in ids]
+    for c in np.flatnonzero(plan.mode).tolist():
+        onset = int(plan.onset_seq[c])
+        truth.append(TruthRecord(ids[c], plan.mode_name(c), onset * interval_ms, 1.0, onset, INTERVAL_S))
+    return values, keys, evaluation.label(keys, ts, truth)
 
 
-def alert_figures(flags: np.ndarray, keys, modes, seq) -> dict:
-    lab = evaluate.Labelled(keys, seq.astype(np.int64) * int(INTERVAL_S * 1000), modes, np.full(len(keys), INTERVAL_S))
-    m = evaluate.metrics_for(flags, lab)
+def alert_figures(flags: np.ndarray, labels: evaluation.Labels) -> dict:
+    m = evaluation.figures(flags, labels)
     h = m["hysteresis"]
     return {"alert_f1": round(h["f1"], 4), "alert_precision": round(h["precision"], 4), "alert_recall": round(h["recall"], 4),
             "median_detection_delay": h["median_detection_delay"], "failures_missed": h["failures_missed"],
             "false_alerts_per_1000_car_hours": round(h["false_alerts_per_1000_car_hours"], 2), "car_hours": round(m["car_hours"], 1),
+            "healthy_cars_alerted_share": round(h["healthy_cars_alerted_share"], 4),
+            "alert_recall_per_mode": {k: round(v["recall"], 3) for k, v in h["per_mode"].items()},
             "row_f1": round(m["f1"], 4), "row_f1_per_mode": {k: round(v["f1"], 3) for k, v in m["per_mode"].items()}}
 
 
 def run_seed(cars: int, seed: int, epochs: int) -> dict:
-    tv, tk, tm, _ = stretch(cars, 150, seed)
-    dv, dk, dm, ds = stretch(cars, 250, seed + 1)
+    tv, tk, tl = stretch(cars, 150, seed)
+    dv, dk, dl = stretch(cars, 250, seed + 1)
     held = is_eval_car(tk, 0.3)
+    calib_failing = tl.failing[held]
     xt = tv[~held]
     center, scale = features.robust_stats(xt)
     out = {}
@@ -82,12 +85,12 @@ def run_seed(cars: int, seed: int, epochs: int) -> dict:
         models.fit(model, x, epochs)
         rscale = models.residual_scale(model, x)
         calib, detect = models.score(model, xc, rscale), models.score(model, xd, rscale)
-        threshold = max(evaluate.best_f1_threshold(calib, tm[held] != HEALTHY), evaluate.HEALTHY_SCORE)
+        threshold = max(evaluate.best_f1_threshold(calib, calib_failing), evaluate.HEALTHY_SCORE)
         out[kind] = {"threshold": round(threshold, 4), "fit_s": round(time.perf_counter() - t0, 1),
-                     **alert_figures(detect > threshold, dk, dm, ds)}
+                     **alert_figures(detect > threshold, dl)}
     z = evaluate.ZScoreBaseline(center, scale)
-    z_threshold = evaluate.best_f1_threshold(z.score(tv[held]), tm[held] != HEALTHY)
-    out["baseline_robust_z"] = {"threshold": round(z_threshold, 4), **alert_figures(z.score(dv) > z_threshold, dk, dm, ds)}
+    z_threshold = evaluate.best_f1_threshold(z.score(tv[held]), calib_failing)
+    out["baseline_robust_z"] = {"threshold": round(z_threshold, 4), **alert_figures(z.score(dv) > z_threshold, dl)}
     return out
 
 
