@@ -178,9 +178,5 @@ class MqttSource:
     def close(self) -> None:
         """Normal DISCONNECT: the session (and its queue) survives for session_expiry_s."""
         if self.sock is not None:
-            try:
-                self.sock.sendall(wire.DISCONNECT_PACKET)
-            except OSError:
-                pass
-            self.sock.close()
+            wire.disconnect(self.sock)
             self.sock = None

@@ -18,7 +18,9 @@ those builders take ``protocol``. The hot paths avoid per-message Python:
 
 from __future__ import annotations
 
+import socket
 import struct
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -126,6 +128,13 @@ def puback_packets(packet_ids: list[int]) -> bytes:
     """Concatenated PUBACKs (MQTT 5 lets us omit reason Success; then they are 3.1.1's too) for one socket write."""
     pack = _PUBACK.pack
     return b"".join([pack(0x40, 2, pid) for pid in packet_ids])
+
+
+def disconnect(sock: socket.socket) -> None:
+    """Send DISCONNECT if the connection still takes it, then close the socket."""
+    with suppress(OSError):  # a peer that is already gone needs no goodbye
+        sock.sendall(DISCONNECT_PACKET)
+    sock.close()
 
 
 class PublishBuilder:

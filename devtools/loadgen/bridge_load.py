@@ -149,11 +149,7 @@ class Publisher:
 
     def close(self) -> None:
         if self.sock is not None:
-            try:
-                self.sock.sendall(wire.DISCONNECT_PACKET)
-            except OSError:
-                pass
-            self.sock.close()
+            wire.disconnect(self.sock)
             self.sock = None
 
 

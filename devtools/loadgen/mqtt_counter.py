@@ -102,10 +102,7 @@ class CountingSubscriber:
                         sock.close()
                         sock = None
         if sock is not None:
-            try:
-                sock.sendall(wire.DISCONNECT_PACKET)
-            finally:
-                sock.close()
+            wire.disconnect(sock)
 
     def _handle(self, packets) -> bytes:
         acks = []
