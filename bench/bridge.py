@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import socket
 import threading
 import time
 import urllib.request
@@ -27,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from devtools.loadgen import bridge_load as loadgen
 from bridges.kafka_sink import ensure_topics
 from bridges.settings import BridgeSettings
 from devtools.benchmarking import write_result
+from devtools.loadgen import bridge_load as loadgen
+from devtools.stack.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEETPULSE = str(ROOT / ".venv" / "bin" / "fleetpulse")
@@ -60,12 +60,6 @@ def naive_worker(topic: str, share_group: str, client_id: str, qos: int) -> None
     client.on_message, client.on_connect = on_message, on_connect
     client.connect(host, port, keepalive=30)
     client.loop_forever()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_connected(ports: list[int], timeout: float = 60.0) -> None:

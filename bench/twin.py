@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from devtools.benchmarking import write_result  # noqa: E402
 from fleetpulse.hysteresis import Rule  # noqa: E402
 from devtools.stack.mongodb import FerretDBService  # noqa: E402
+from devtools.stack.process import free_port  # noqa: E402
 from devtools.stack.settings import StackSettings  # noqa: E402
 from inference.transformer import CarTable  # noqa: E402
 
@@ -73,10 +73,7 @@ class PragmaFerretDB(FerretDBService):
 
 
 def start_ferretdb(pragmas: list[str], lookup_index: bool) -> PragmaFerretDB:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    svc = PragmaFerretDB(StackSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-twin-")), mongodb_port=port), pragmas, lookup_index)
+    svc = PragmaFerretDB(StackSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-twin-")), mongodb_port=free_port()), pragmas, lookup_index)
     svc.install()
     svc.start()
     svc.wait_ready(60)

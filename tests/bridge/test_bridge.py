@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from devtools.loadgen import bridge_load as loadgen
+from devtools.stack.process import free_port
 from fleetpulse.topics import ARRIVAL_TIME_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEADER, MQTT_TOPIC_HEADER
-from tests.bridge.conftest import FLEETPULSE
+from tests.support.paths import FLEETPULSE
 
 
 def publish(endpoint: str, pkts: list[bytes], qos: int = 1) -> loadgen.PublishReport:
@@ -119,8 +120,6 @@ def test_bad_settings_fail_with_one_line_naming_the_setting(args, env, expected)
 
 
 def test_unreachable_servers_fail_with_one_clear_line(kafka_bootstrap):
-    from tests.bridge.conftest import free_port
-
     proc = run_cli(mqtt_brokers=f"127.0.0.1:{free_port()}", kafka_bootstrap_servers=kafka_bootstrap, metrics_port="0")
     assert proc.returncode == 1 and "MQTT broker at 127.0.0.1:" in proc.stderr and "unreachable" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

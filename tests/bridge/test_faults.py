@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from devtools.loadgen import bridge_load as loadgen
-from tests.bridge.conftest import endpoint_of, start_private
+from tests.support.stack import start_private
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_kill_9_mid_stream_then_restart_delivers_every_published_message(bridge_
 
 def test_bridge_acks_mqtt_only_after_kafka_delivery_and_bounds_what_is_in_flight(bridge_process, private_mqtt, private_server, unique):
     kafka = private_server("kafka")
-    bootstrap = endpoint_of(kafka)
+    bootstrap = kafka.address
     bridge = bridge_process(private_mqtt, kafka_bootstrap_servers=bootstrap, max_in_flight=1_000, read_bytes=4096, keepalive_s=5).start()
     kafka.stop()
     Stream(private_mqtt, 2_000, 20_000, f"car{unique}").join()
@@ -90,7 +90,7 @@ def test_bridge_acks_mqtt_only_after_kafka_delivery_and_bounds_what_is_in_flight
 
 def test_kafka_restart_mid_stream_loses_nothing_and_the_bridge_waits(bridge_process, private_mqtt, private_server, unique):
     kafka = private_server("kafka")
-    bootstrap = endpoint_of(kafka)
+    bootstrap = kafka.address
     bridge = bridge_process(private_mqtt, kafka_bootstrap_servers=bootstrap).start()
     stream = Stream(private_mqtt, 20_000, 2_500, f"car{unique}")
     bridge.wait_metric("fleetpulse_bridge_forwarded_total", 3_000)
@@ -107,7 +107,7 @@ def test_kafka_restart_mid_stream_loses_nothing_and_the_bridge_waits(bridge_proc
 
 def test_mosquitto_restart_mid_stream_loses_nothing_for_qos1_persistent_sessions(bridge_process, private_server, kafka_bootstrap, unique):
     mqtt = private_server("mqtt")
-    endpoint = endpoint_of(mqtt)
+    endpoint = mqtt.address
     bridge = bridge_process(endpoint).start()
     stream = Stream(endpoint, 20_000, 5_000, f"car{unique}")
     bridge.wait_metric("fleetpulse_bridge_received_total", 5_000)

@@ -13,7 +13,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import fleetpulse
-from tests.deploy.conftest import REPO, pod_spec
+from tests.support.deploy import pod_spec
+from tests.support.paths import REPO
 
 DOCKERFILES = {
     "simulator/Dockerfile": "ghcr.io/fleetpulse/simulator",

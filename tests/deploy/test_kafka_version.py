@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.conftest import OVERLAYS, find, one
+from tests.support.deploy import OVERLAYS, find, one
 
 TF_IO_REASON = (
     "training reads Kafka through TensorFlow I/O 0.37.1, whose bundled librdkafka fails against Kafka 4.x "

@@ -10,7 +10,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.deploy.conftest import CRD_SCHEMAS, KUSTOMIZATIONS, MANIFESTS, OVERLAYS, is_core, kustomize_build
+from tests.support.deploy import CRD_SCHEMAS, KUSTOMIZATIONS, MANIFESTS, OVERLAYS, is_core, kustomize_build
 
 # The oldest Kubernetes minor the manifests promise to work on (GKE's stable channel at the time of
 # writing), and the newest kubernetes-validate knows; strict mode rejects unknown fields.
@@ -86,7 +86,7 @@ def test_the_crd_schemas_catch_a_misspelt_field():
 
 
 def test_every_object_is_namespaced_into_its_overlay_namespace(overlays):
-    from tests.deploy.conftest import NAMESPACES
+    from tests.support.deploy import NAMESPACES
 
     cluster_scoped = {"Namespace"}
     for name, objects in overlays.items():

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from tests.deploy.conftest import MANIFESTS, REPO, find, one, pod_spec, pod_template_labels
+from tests.support.deploy import MANIFESTS, find, one, pod_spec, pod_template_labels
+from tests.support.paths import REPO
 
 DASHBOARD = MANIFESTS / "base" / "monitoring" / "grafana-dashboard.json"
 

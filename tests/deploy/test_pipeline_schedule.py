@@ -9,7 +9,8 @@ import json
 import pytest
 import yaml
 
-from tests.deploy.conftest import MANIFESTS, REPO, one, pod_spec
+from tests.support.deploy import MANIFESTS, one, pod_spec
+from tests.support.paths import REPO
 
 PIPELINE = REPO / "kubeflow" / "pipeline.yaml"
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.deploy.conftest import TERRAFORM
+from tests.support.deploy import TERRAFORM
 
 
 def tf(name: str) -> str:

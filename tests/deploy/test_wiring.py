@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from fleetpulse.topics import SENSOR_DATA, TOPICS
-from tests.deploy.conftest import MANIFESTS, NAMESPACES, SHARED, TERRAFORM, env_of, find, one, pod_spec
+from tests.support.deploy import MANIFESTS, NAMESPACES, TERRAFORM, env_of, find, one, pod_spec
+from tests.support.paths import SHARED
 
 GKE_SENSOR_DATA_PARTITIONS = 12
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.conftest import find, pod_spec, pod_template_labels
+from tests.support.deploy import find, pod_spec, pod_template_labels
 
 REQUIRED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/part-of")
 

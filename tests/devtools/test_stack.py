@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from devtools.stack.process import free_port
 
 FLEETPULSE = [sys.executable, "-m", "fleetpulse.cli"]
 

@@ -16,7 +16,7 @@ from fleetpulse import codec
 from fleetpulse.contract import CARDATA_V1_ID, INT_FIELDS, N_FEATURES, SENSOR_FIELDS
 from fleetpulse.framing import DecodeError
 
-from tests.conftest import REFERENCE
+from tests.support.paths import REFERENCE
 
 PUBLIC_SCHEMA = fastavro.parse_schema(json.loads((REFERENCE / "cardata-v1.avsc").read_text()))
 

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
-from pathlib import Path
 
 import fastavro
 import numpy as np
 import pytest
 
+from devtools.stack.process import free_port
 from fleetpulse.codec import decode_batch
 from fleetpulse.contract import SENSOR_FIELDS
 from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord
 from simulator import car_model as cm
 from simulator.csv_source import DEFAULT_CSV, load_csv
+from tests.support.paths import FLEETPULSE, REFERENCE
+from tests.support.simulator import counter, simulate
 
-from .conftest import counter, simulate
-
-REFERENCE_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "cardata-v1.avsc"
+REFERENCE_SCHEMA = REFERENCE / "cardata-v1.avsc"
 
 
 def by_car(sub) -> dict[str, list[bytes]]:
@@ -157,8 +156,6 @@ def test_one_connection_per_car_with_car_ids_as_client_ids(broker):
 def test_broker_restart_mid_run_loses_nothing_at_qos1(broker):
     import subprocess
 
-    from .conftest import FLEETPULSE
-
     sub = counter(broker, qos=1, keep_payloads=True, clean=False, client_id="restart-counter")
     proc = subprocess.Popen([FLEETPULSE, "simulate", "--json", "--quiet", "--cars", "100", "--rate", "10", "--duration", "8",
                              "--qos", "1", "--truth-topic", "", "--mqtt-brokers", broker.address],
@@ -175,9 +172,7 @@ def test_broker_restart_mid_run_loses_nothing_at_qos1(broker):
 
 
 def test_unreachable_broker_exits_1_with_one_line():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run = simulate("--cars", "5", "--duration", "1", "--truth-topic", "", "--mqtt-brokers", f"127.0.0.1:{port}", check=False)
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
