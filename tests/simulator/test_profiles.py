@@ -15,7 +15,7 @@ from simulator import failures as fm
 from simulator import profiles
 from simulator.failures import NO_FAILURE, FailurePlan, plan_failures
 from simulator.sensor_layer import NOISE_SD, QUANTUM, SensorLayer
-from .conftest import simulate
+from tests.support.simulator import simulate
 
 DT = 10.0
 CARS, STEPS = 200, 2000  # 5.6 simulated hours per car: trips, parking, charge cycles
