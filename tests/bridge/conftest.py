@@ -5,26 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tests.support.bridge import BridgeProcess
-from tests.support.stack import private_servers, start_private
+from tests.support.stack import private_servers, stack_with, start_private
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(request) -> str:
-    """The shared stack's Kafka, without waiting on the rest of the stack (the bridge needs only Kafka).
-
-    Overrides tests/conftest.py's fixture: that one goes through `stack`, which waits for every
-    server, and a FerretDB that hangs on its round trip would hold the bridge tests for no reason.
-    Falls back to starting the stack when Kafka is not up.
-    """
-    from fleetpulse import endpoints
-    from fleetpulse.clients import require_kafka
-    from fleetpulse.errors import BrokerUnavailable
-
-    try:
-        require_kafka(endpoints.KAFKA_BOOTSTRAP, timeout=10)
-        return endpoints.KAFKA_BOOTSTRAP
-    except BrokerUnavailable:
-        return request.getfixturevalue("stack")["kafka"]["bootstrap_servers"]
+def kafka_bootstrap() -> str:
+    """Overrides the shared fixture: of the shared servers the bridge tests use only Kafka (their
+    brokers are private), so they wait for no other server's round trip."""
+    return stack_with("kafka")["kafka"]["bootstrap_servers"]
 
 
 @pytest.fixture

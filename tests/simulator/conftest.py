@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from fleetpulse.errors import StackError
-from tests.support.simulator import simulate  # noqa: F401  test_profiles.py still imports it from here
 
 
 @pytest.fixture

@@ -13,31 +13,19 @@ from dataclasses import dataclass
 import pytest
 
 from components.synthetic import Fleet, make_fleet, produce_fleet
+from tests.support.stack import stack_with
+
+
+# Training needs neither MongoDB nor MQTT: these override the shared fixtures so that training tests
+# do not wait for those servers' round trips.
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    return stack_with("kafka", "gcs")["kafka"]["bootstrap_servers"]
 
 
 @pytest.fixture(scope="session")
-def training_stack() -> dict:
-    """The local stack's Kafka and GCS, started if needed. Training needs neither MongoDB nor MQTT,
-    so unlike the shared ``stack`` fixture this does not wait for them to answer a round trip."""
-    from devtools.stack import control
-    from devtools.stack.settings import StackSettings
-
-    settings = StackSettings()
-    state = control.status(settings)
-    if not (state["kafka"]["running"] and state["gcs"]["running"]):
-        control.up(settings, mqtt_brokers=max(1, control.mqtt_broker_count(settings)))
-        state = control.status(settings)
-    return state
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(training_stack) -> str:
-    return training_stack["kafka"]["bootstrap_servers"]
-
-
-@pytest.fixture(scope="session")
-def gcs_endpoint(training_stack) -> str:
-    return training_stack["gcs"]["endpoint"]
+def gcs_endpoint() -> str:
+    return stack_with("kafka", "gcs")["gcs"]["endpoint"]
 
 
 @dataclass
