@@ -114,7 +114,7 @@ def drop_twins(unique: str) -> None:
 def server_alone(server: ModelServer, seconds: float) -> dict:
     import httpx
 
-    from inference.v2_client import V2Client
+    from inference.transformer.v2_client import V2Client
 
     out = {}
     rng = np.random.default_rng(1)

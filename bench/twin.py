@@ -46,10 +46,10 @@ from fleetpulse.hysteresis import Rule  # noqa: E402
 from devtools.stack.mongodb import FerretDBService  # noqa: E402
 from devtools.stack.process import free_port  # noqa: E402
 from devtools.stack.settings import StackSettings  # noqa: E402
-from inference.transformer import CarTable  # noqa: E402
+from inference.transformer.car_table import CarTable  # noqa: E402
 
 CHUNK = 90  # the chunk before this change; FerretDB 1.24/SQLite deadlocks above ~100 upserts in flight per database
-from inference.twin_store import BULK_CHUNK  # noqa: E402  the chunk the transformer uses now
+from inference.transformer.twin_store import BULK_CHUNK  # noqa: E402  the chunk the transformer uses now
 
 
 class PragmaFerretDB(FerretDBService):

@@ -206,7 +206,7 @@ def test_twin_store_writes_thousands_of_existing_twins_without_wedging_ferretdb(
     """FerretDB 1.24/SQLite deadlocks on one update command of >100 upserts; the twin store chunks."""
     from pymongo import MongoClient
 
-    from inference.twin_store import TwinStore
+    from inference.transformer.twin_store import TwinStore
 
     mongo = private_service("mongodb")
     client = MongoClient(mongo.endpoint["uri"], serverSelectionTimeoutMS=5000, socketTimeoutMS=20000)

@@ -10,8 +10,7 @@ import numpy as np
 from fleetpulse import model_store
 from fleetpulse.clients import gcs_client
 from fleetpulse.contract import N_FEATURES
-from tests.serving.conftest import BUCKET, MEAN, STD, THRESHOLD, ModelServer
-from tests.serving.test_transformer import N_CARS, Run, produce_one_failing_car
+from tests.serving.harness import BUCKET, MEAN, STD, THRESHOLD, ModelServer, N_CARS, Run, produce_one_failing_car
 
 WINDOW = 4
 

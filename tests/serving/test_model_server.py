@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from inference.v2_client import V2Client
-from tests.serving.conftest import THRESHOLD, ModelServer, failing_rows, healthy_rows, publish_model
+from inference.transformer.v2_client import V2Client
+from tests.serving.harness import THRESHOLD, ModelServer, failing_rows, healthy_rows, publish_model
 
 
 def infer_body(rows: np.ndarray, name: str = "input", datatype: str = "FP32") -> dict:
@@ -86,7 +86,7 @@ def test_malformed_rest_request_gets_4xx_with_a_message_and_server_lives(model_s
 def test_malformed_grpc_request_is_invalid_argument_and_server_lives(model_server):
     import grpc
 
-    from inference.v2_client import pb
+    from inference.transformer.v2_client import pb
 
     client = V2Client(model_server.grpc_target, model_server.model)
     bad = client.request(np.zeros((2, 17), np.float32))

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.serving.conftest import failing_rows, healthy_rows
-from tests.serving.test_transformer import N_CARS, Run, cars
+from tests.serving.harness import N_CARS, Run, cars, failing_rows, healthy_rows, stream_and_kill
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -192,8 +191,6 @@ def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_s
 
 @pytest.mark.slow
 def test_mongodb_killed_while_twins_are_deferred_loses_nothing(model_server, private_service, kafka_bootstrap, unique, tmp_path):
-    from tests.serving.test_transformer import stream_and_kill
-
     mongo = private_service("mongodb")
     run = Run(unique, kafka_bootstrap, mongo.endpoint["uri"], model_server)
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "3"})
@@ -205,7 +202,7 @@ def test_inserting_a_twin_that_already_exists_leaves_the_same_document_as_an_ups
     """The writer inserts twins of cars its load did not find; a retried or raced insert must not fail or differ."""
     from pymongo import MongoClient
 
-    from inference.twin_store import TwinStore
+    from inference.transformer.twin_store import TwinStore
 
     client = MongoClient(mongodb_uri)
     store = TwinStore(client, "fleetpulse", f"cars_{unique}")

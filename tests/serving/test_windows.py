@@ -5,7 +5,7 @@ import pytest
 
 from components.features import car_windows
 from fleetpulse.contract import N_FEATURES
-from inference.windows import CarWindows
+from inference.transformer.windows import CarWindows
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64, 10_000])

@@ -1,4 +1,4 @@
-"""A SavedModel on local disk that scores feature rows: [N,18] (autoencoder) or [N,W,18] (LSTM)."""
+"""One model version loaded from its SavedModel on local disk; scores feature rows: [N,18] (autoencoder) or [N,W,18] (LSTM)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class ShapeError(ValueError):
 
 
 @dataclass
-class Scorer:
+class LoadedModel:
     """The ``serving_default`` signature of one model version plus its metadata.json."""
 
     path: Path
@@ -26,19 +26,19 @@ class Scorer:
     _serve: object = None
 
     @classmethod
-    def load(cls, path: Path, version: int | None = None) -> "Scorer":
+    def load(cls, path: Path, version: int | None = None) -> "LoadedModel":
         import tensorflow as tf
 
         path = Path(path)
         meta_file = path / METADATA
         metadata = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         loaded = tf.saved_model.load(str(path))
-        scorer = cls(path, int(version if version is not None else metadata.get("version", 0)), metadata)
-        scorer._loaded = loaded  # keeps the variables alive
-        scorer._serve = loaded.signatures["serving_default"]
+        model = cls(path, int(version if version is not None else metadata.get("version", 0)), metadata)
+        model._loaded = loaded  # keeps the variables alive
+        model._serve = loaded.signatures["serving_default"]
         if "threshold" not in metadata and hasattr(loaded, "threshold"):
             metadata["threshold"] = float(loaded.threshold.numpy())
-        return scorer
+        return model
 
     @property
     def window(self) -> int:

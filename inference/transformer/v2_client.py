@@ -71,6 +71,16 @@ class V2Client:
         """Send without waiting; ``.result()`` gives the raw response (see ``parse``)."""
         return self._infer.future(request, timeout=self.timeout_s)
 
+    def result(self, future: grpc.Future) -> InferResult:
+        """The parsed response of ``infer_future``: BrokerUnavailable when the server did not answer (send
+        again), the RpcError itself when it rejected the request (sending it again cannot help)."""
+        try:
+            return self.parse(future.result())
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            raise BrokerUnavailable(f"model server {self.target}: {exc.code().name}") from exc
+
     def infer(self, x: np.ndarray) -> InferResult:
         return self.parse(self._infer(self.request(x), timeout=self.timeout_s))
 

@@ -1,4 +1,4 @@
-"""The thin kserve.Model adapter: V2 request -> Scorer -> V2 response with ``score`` and ``anomaly``."""
+"""The thin kserve.Model adapter: V2 request -> LoadedModel -> V2 response with ``score`` and ``anomaly``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from inference.model_watcher import ModelWatcher
-from inference.scorer import ShapeError
+from inference.server.model_watcher import ModelWatcher
+from inference.server.saved_model import LoadedModel, ShapeError
 
 INPUT_NAME = "input"
 # Below this many rows the thread hop costs more than it overlaps.
@@ -28,8 +28,8 @@ class CarAnomalyModel(Model):
         return self.ready
 
     def get_input_types(self) -> list[dict]:
-        scorer = self.watcher.current
-        return [{"name": INPUT_NAME, "datatype": "FP32", "shape": scorer.input_shape if scorer else []}]
+        model = self.watcher.current
+        return [{"name": INPUT_NAME, "datatype": "FP32", "shape": model.input_shape if model else []}]
 
     def get_output_types(self) -> list[dict]:
         return [{"name": "score", "datatype": "FP32", "shape": [-1]}, {"name": "anomaly", "datatype": "BOOL", "shape": [-1]}]
@@ -37,24 +37,24 @@ class CarAnomalyModel(Model):
     async def predict(self, payload: InferRequest, headers: dict | None = None) -> InferResponse:
         if not isinstance(payload, InferRequest):
             raise InvalidInput("expected an Open Inference Protocol (V2) request: POST /v2/models/<model>/infer")
-        scorer = self.watcher.current  # one version for the whole request, even if a swap happens now
-        x = _input_rows(payload, scorer)
+        model = self.watcher.current  # one version for the whole request, even if a swap happens now
+        x = _input_rows(payload, model)
         if len(x) >= _EXECUTOR_MIN_ROWS:
             # TensorFlow releases the GIL: the event loop parses the next request meanwhile.
-            score, anomaly = await asyncio.get_running_loop().run_in_executor(None, scorer.score, x)
+            score, anomaly = await asyncio.get_running_loop().run_in_executor(None, model.score, x)
         else:
-            score, anomaly = scorer.score(x)
+            score, anomaly = model.score(x)
         binary = payload.use_binary_outputs
         outputs = [InferOutput("score", [len(score)], "FP32"), InferOutput("anomaly", [len(anomaly)], "BOOL")]
         outputs[0].set_data_from_numpy(score, binary_data=binary)
         outputs[1].set_data_from_numpy(anomaly, binary_data=binary)
         # KServe turns a V2 response without an id into a 500 and resets the keep-alive connection.
         return InferResponse(response_id=payload.id or str(uuid.uuid4()), model_name=self.name, infer_outputs=outputs,
-                             model_version=str(scorer.version), use_binary_outputs=binary,
-                             parameters={"threshold": str(scorer.threshold)})
+                             model_version=str(model.version), use_binary_outputs=binary,
+                             parameters={"threshold": str(model.threshold)})
 
 
-def _input_rows(request: InferRequest, scorer) -> np.ndarray:
+def _input_rows(request: InferRequest, model: LoadedModel) -> np.ndarray:
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
         names = [i.name for i in request.inputs]
         raise InvalidInput(f"expected exactly one input named {INPUT_NAME!r}, got {names}")
@@ -63,7 +63,7 @@ def _input_rows(request: InferRequest, scorer) -> np.ndarray:
         raise InvalidInput(f"input {INPUT_NAME!r} must be FP32, got {tensor.datatype}")
     shape = [int(d) for d in tensor.shape]
     try:
-        scorer.check_shape(shape)
+        model.check_shape(shape)
         x = tensor.as_numpy()
     except ShapeError as exc:
         raise InvalidInput(str(exc)) from None

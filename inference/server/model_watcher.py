@@ -1,6 +1,6 @@
 """Keeps the newest complete model version loaded: poll GCS, download, load, warm up, swap.
 
-Requests read ``watcher.current`` once and keep that Scorer for the whole request, so a swap (one
+Requests read ``watcher.current`` once and keep that LoadedModel for the whole request, so a swap (one
 reference assignment, atomic under the GIL) never changes the model under a request in flight, and
 the new version only becomes visible after it has loaded and answered a warm-up call.
 """
@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge
 from fleetpulse import model_store
 from fleetpulse.errors import BrokerUnavailable
 
-from inference.scorer import Scorer
+from inference.server.saved_model import LoadedModel
 
 log = logging.getLogger("fleetpulse.serve")
 
@@ -30,14 +30,14 @@ MODEL_SWAPS = Counter("fleetpulse_model_swaps", "Model versions loaded and swapp
 
 class ModelWatcher:
     def __init__(self, gcs, bucket: str, model: str, cache_dir: str | Path | None = None, poll_interval_s: float = 10.0,
-                 on_swap: Callable[[Scorer], None] | None = None):
+                 on_swap: Callable[[LoadedModel], None] | None = None):
         self.gcs = gcs
         self.bucket = bucket
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix=f"fleetpulse-{model}-"))
         self.poll_interval_s = poll_interval_s
         self.on_swap = on_swap
-        self.current: Scorer | None = None
+        self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,21 +48,21 @@ class ModelWatcher:
         if latest is None or (self.current is not None and latest.version <= self.current.version):
             return False
         path = model_store.download(self.gcs, latest, self.cache_dir)
-        scorer = Scorer.load(path, latest.version)
-        scorer.warm_up()
-        previous, self.current = self.current, scorer
-        MODEL_VERSION.set(scorer.version)
+        model = LoadedModel.load(path, latest.version)
+        model.warm_up()
+        previous, self.current = self.current, model
+        MODEL_VERSION.set(model.version)
         MODEL_SWAPS.inc()
         if self.on_swap is not None:
-            self.on_swap(scorer)
-        log.warning("serving %s version %d (threshold %.4g)%s", self.model, scorer.version, scorer.threshold,
+            self.on_swap(model)
+        log.warning("serving %s version %d (threshold %.4g)%s", self.model, model.version, model.threshold,
                     f", replaced version {previous.version}" if previous else "")
         if previous is not None:
             # Old files can go; the old graph stays in memory until in-flight requests drop it.
             shutil.rmtree(previous.path, ignore_errors=True)
         return True
 
-    def wait_for_first(self, progress: Callable[[str], None] = lambda _: None, timeout_s: float | None = None) -> Scorer:
+    def wait_for_first(self, progress: Callable[[str], None] = lambda _: None, timeout_s: float | None = None) -> LoadedModel:
         """Block until a version is loaded (the server is not useful without one)."""
         t0 = time.monotonic()
         announced = False

@@ -1,4 +1,5 @@
-"""The digital twin in MongoDB (``fleetpulse.cars``, ``_id`` = car id): bulk load, insert and upsert.
+"""The digital twin in MongoDB (``fleetpulse.cars``, ``_id`` = car id; fields: fleetpulse.twin.TwinDocument):
+bulk load, insert and upsert.
 
 Writes set absolute values computed by the transformer, never increments, so writing the same state
 twice leaves the same document. Replays are made idempotent one step earlier: the transformer loads a
@@ -9,9 +10,13 @@ the upsert was measured on FerretDB 1.24/SQLite at ~9 upserts/s: it scans instea
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from fleetpulse.errors import BrokerUnavailable
+from fleetpulse.twin import TwinDocument
+
+T = TypeVar("T")
 
 
 # FerretDB 1.24 (SQLite) keeps one pooled SQLite connection per statement of an update command
@@ -27,7 +32,7 @@ BULK_CHUNK = 20
 # One insert command per this many new twins; FerretDB runs one transaction per command.
 INSERT_CHUNK = 1000
 _DUPLICATE_KEY = 11000
-_LOAD_FIELDS = {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}
+_LOAD_FIELDS = {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}  # what CarTable.restore reads
 
 
 class TwinStore:
@@ -56,6 +61,13 @@ class TwinStore:
             for doc in self.collection.find({"_id": {"$in": chunk}}, _LOAD_FIELDS):
                 out[doc["_id"]] = doc
         return out
+
+    def save(self, new: list[TwinDocument], existing: list[TwinDocument]) -> None:
+        """Insert the twins of cars that have none, upsert the others."""
+        if new:
+            self.insert(new)
+        if existing:
+            self.write((doc["_id"], as_set_fields(doc)) for doc in existing)
 
     def write(self, updates: Iterable[tuple[str, dict]]) -> int:
         """Upsert ``$set`` documents in one unordered bulk; returns the number of cars written."""
@@ -92,6 +104,36 @@ class TwinStore:
         if existing:
             self.write((doc["_id"], as_set_fields(doc)) for doc in existing)
         return len(docs)
+
+
+class TwinLoader:
+    """Existing twins of first-seen cars: from one load of the whole collection while it is small
+    enough (FerretDB scans the table for every `$in` query), else queried per poll batch."""
+
+    def __init__(self, store: TwinStore, preload_max: int, retry: Callable[[Callable[[], T]], T],
+                 progress: Callable[[str], None] = lambda _: None):
+        self.store = store
+        self.preload_max = preload_max
+        self.retry = retry  # runs a store call until it succeeds
+        self.progress = progress
+        self._preloaded: dict[str, dict] | None = None  # of the whole collection, the twins not handed out yet
+        self._per_batch = preload_max == 0
+
+    def load(self, car_ids: list[str]) -> dict[str, dict]:
+        if self._preloaded is None and not self._per_batch:
+            if self.retry(self.store.count) <= self.preload_max:
+                self._preloaded = self.retry(self.store.load_all)
+                self.progress(f"loaded {len(self._preloaded):,} existing twins")
+            else:
+                self._per_batch = True
+        if self._per_batch:
+            return self.retry(lambda: self.store.load(car_ids))
+        preloaded = self._preloaded
+        return {i: preloaded.pop(i) for i in car_ids if i in preloaded}
+
+    def forget(self) -> None:
+        """Load again next time: another member may have written twins meanwhile."""
+        self._preloaded = None
 
 
 def as_set_fields(doc: dict) -> dict:

@@ -24,7 +24,7 @@ def serve(http_port, grpc_port, model, model_uri, poll_interval_s, first_version
     published (loaded and warmed up first, so requests in flight never fail).
     """
     from fleetpulse.clients import gcs_client
-    from inference.settings import ServeSettings
+    from inference.server.settings import ServeSettings
 
     settings = load_settings(ServeSettings, http_port=http_port, grpc_port=grpc_port, model_uri=model_uri,
                              poll_interval_s=poll_interval_s)
@@ -32,14 +32,14 @@ def serve(http_port, grpc_port, model, model_uri, poll_interval_s, first_version
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
     progress(f"loading {name} from gs://{settings.bucket}/{name}/ (gcs {settings.gcs_endpoint or 'real GCS'}) ...")
 
-    from inference.model_watcher import ModelWatcher
+    from inference.server.model_watcher import ModelWatcher
 
     watcher = ModelWatcher(gcs_client(settings.gcs_endpoint or None), settings.bucket, name, settings.cache_dir or None,
                            settings.poll_interval_s)
-    scorer = watcher.wait_for_first(progress, first_version_timeout)
+    first = watcher.wait_for_first(progress, first_version_timeout)
     server, adapter = _build_server(settings, name, watcher)
     watcher.start()
-    progress(f"serving {name} version {scorer.version} (input {scorer.input_shape}, threshold {scorer.threshold:.4g}): "
+    progress(f"serving {name} version {first.version} (input {first.input_shape}, threshold {first.threshold:.4g}): "
              f"REST http://0.0.0.0:{settings.http_port}/v2/models/{name}/infer, gRPC :{settings.grpc_port}")
     try:
         server.start([adapter])
@@ -53,7 +53,7 @@ def _build_server(settings, name: str, watcher):
     try:
         import kserve
 
-        from inference.kserve_model import CarAnomalyModel
+        from inference.server.kserve_model import CarAnomalyModel
     finally:
         sys.argv = argv
     server = kserve.ModelServer(http_port=settings.http_port, grpc_port=settings.grpc_port, workers=settings.workers,

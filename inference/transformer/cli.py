@@ -30,7 +30,7 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
     Offsets are committed only after the alerts are acknowledged by Kafka and the twin write succeeded;
     undecodable records go to the dead-letter topic with the reason.
     """
-    from inference.settings import ScoreSettings
+    from inference.transformer.settings import ScoreSettings
 
     settings = load_settings(ScoreSettings, kafka_bootstrap_servers=kafka_bootstrap_servers, topic=topic, group_id=group_id,
                              model_grpc=model_grpc, model_name=model_name, mongodb_uri=mongodb_uri, alerts_topic=alerts_topic,
@@ -50,7 +50,7 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
         summary = transformer.run(until_idle_s=until_idle, max_events=max_events)
     except KeyboardInterrupt:
         summary = transformer.summary
-    result = summary.as_dict(len(transformer.table.ids))  # before close(): its revoke forgets the cars
+    result = summary.as_dict(len(transformer.table))  # before close(): its revoke forgets the cars
     transformer.consumer.close()
     if as_json:
         click.echo(json.dumps(result))
@@ -65,28 +65,18 @@ def build(settings, progress):
     """Check every dependency answers, then wire the transformer from ready clients."""
     from confluent_kafka import Consumer, Producer
 
-    from fleetpulse.clients import kafka_config, mongo_client, require_kafka
-    from inference.transformer import Transformer
-    from inference.twin_store import TwinStore, ping
-    from inference.v2_client import V2Client
+    from fleetpulse.clients import mongo_client, require_kafka
+    from inference.transformer.loop import Transformer
+    from inference.transformer.twin_store import TwinStore, ping
+    from inference.transformer.v2_client import V2Client
 
     require_kafka(settings.kafka_bootstrap_servers)
     mongo = mongo_client(settings.mongodb_uri)
     ping(mongo, settings.mongodb_uri)
     client = V2Client(settings.model_grpc, settings.model_name)
     client.wait_ready(timeout_s=30)
-    consumer = Consumer(kafka_config(
-        settings.kafka_bootstrap_servers,
-        **{"group.id": settings.group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-           "enable.partition.eof": False, "fetch.min.bytes": 1, "fetch.wait.max.ms": 50,
-           "queued.min.messages": 200000, "session.timeout.ms": 45000,
-           # The final twin flush (and a revoke's) blocks the loop: 100,000 cars at FerretDB's
-           # ~700-1,300 writes/s under load is 1-2.5 minutes; the default 5 minutes left too little margin.
-           "max.poll.interval.ms": 600000}))
-    producer = Producer(kafka_config(
-        settings.kafka_bootstrap_servers,
-        # Idempotent, infinitely retried: an alert is resent until Kafka has it, never reordered or doubled.
-        **{"enable.idempotence": True, "acks": "all", "linger.ms": 5, "message.timeout.ms": 0, "compression.type": "lz4"}))
+    consumer = Consumer(settings.consumer_config())
+    producer = Producer(settings.producer_config())
     twins = TwinStore(mongo, settings.twin_database, settings.twin_collection, settings.twin_write_timeout_s)
     transformer = Transformer(settings, consumer, producer, client, twins, progress)
     consumer.subscribe([settings.topic], on_revoke=transformer.on_revoke, on_lost=transformer.on_lost)

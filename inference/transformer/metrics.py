@@ -1,0 +1,58 @@
+"""The transformer's Prometheus metrics and the summary of one run (what `fleetpulse score --json` prints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from fleetpulse.hysteresis import STATUS_NAMES
+
+CONSUMED = Counter("fleetpulse_transformer_consumed", "Records consumed from sensor-data")
+SCORED = Counter("fleetpulse_transformer_scored", "Events scored by the model server")
+SKIPPED = Counter("fleetpulse_transformer_replay_skipped", "Replayed events already applied to the twin")
+DLQ = Counter("fleetpulse_transformer_dlq", "Undecodable records sent to the dead-letter topic")
+ALERTS = Counter("fleetpulse_transformer_alerts", "Alerts (status changes) produced", ["status"])
+RETRIES = Counter("fleetpulse_transformer_retries", "Retries after a dependency failed", ["dependency"])
+BATCH_ROWS = Histogram("fleetpulse_transformer_infer_batch_rows", "Rows per infer request",
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000))
+E2E_LATENCY = Histogram("fleetpulse_transformer_event_to_alert_seconds", "Kafka timestamp of the event -> alert acknowledged",
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LAG = Gauge("fleetpulse_transformer_consumer_lag", "High watermark minus committed position", ["partition"])
+TWIN_WRITES = Counter("fleetpulse_transformer_twin_writes", "Twin documents written (insert: car had none; update: upsert)", ["kind"])
+TWIN_WRITE_RATE = Gauge("fleetpulse_transformer_twin_write_rate", "Twin documents per second of the last bulk write")
+TWINS_PENDING = Gauge("fleetpulse_transformer_twins_pending", "Cars whose applied events are in no durable twin yet (incl. the bulk in flight)")
+TWIN_WRITE_SECONDS = Histogram("fleetpulse_transformer_twin_write_seconds", "Seconds per twin bulk write (retries included)",
+                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+
+
+@dataclass
+class RunSummary:
+    """Counts of one transformer run."""
+
+    consumed: int = 0
+    scored: int = 0
+    skipped_replayed: int = 0
+    dlq: int = 0
+    alerts: int = 0
+    alerts_by_status: dict = field(default_factory=lambda: {s: 0 for s in STATUS_NAMES})
+    twin_writes: int = 0
+    twin_inserts: int = 0  # of twin_writes, cars that had no twin yet
+    checkpoints: int = 0
+    retries: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    active_seconds: float = 0.0  # first record received -> last poll batch applied
+
+    def count_retry(self, dependency: str) -> None:
+        RETRIES.labels(dependency).inc()
+        self.retries[dependency] = self.retries.get(dependency, 0) + 1
+
+    def as_dict(self, cars: int) -> dict:
+        d = dict(self.__dict__)
+        d["cars"] = cars
+        d["events_per_s"] = round(self.consumed / self.active_seconds, 1) if self.active_seconds else 0.0
+        return d
+
+    def progress_line(self, cars: int) -> str:
+        return (f"consumed {self.consumed:,} scored {self.scored:,} alerts {self.alerts:,} dlq {self.dlq:,} cars {cars:,} "
+                f"({self.consumed / max(self.seconds, 1e-9):,.0f} ev/s)")

@@ -1,0 +1,80 @@
+"""Typed settings of the transformer (``FLEETPULSE_SCORE_``), and the Kafka clients' configuration built from them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from fleetpulse import endpoints, topics
+from fleetpulse.clients import kafka_config
+from fleetpulse.hysteresis import Rule
+from fleetpulse.settings import KafkaClientSettings
+from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
+from inference import DEFAULT_MODEL
+
+_RULE = Rule()  # the kernel's rule, which evaluate calibrates and reports with
+
+
+class ScoreSettings(KafkaClientSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEETPULSE_SCORE_", extra="ignore")
+
+    topic: str = topics.SENSOR_DATA
+    group_id: str = "fleetpulse-transformer"
+    alerts_topic: str = topics.ALERTS
+    dlq_topic: str = topics.SENSOR_DATA_DLQ
+    model_grpc: str = "127.0.0.1:8081"
+    model_name: str = DEFAULT_MODEL
+    mongodb_uri: str = endpoints.MONGODB_URI
+    twin_database: str = TWIN_DATABASE
+    twin_collection: str = TWIN_COLLECTION
+    poll_batch: int = Field(5000, ge=1, description="records per consume() call")
+    poll_timeout_s: float = Field(0.02, gt=0, description="longest wait for a full poll batch")
+    model_batch: int = Field(2000, ge=1, description="rows per infer request")
+    max_in_flight: int = Field(4, ge=1, description="infer requests in flight")
+    checkpoint_interval_s: float = Field(1.0, gt=0, description="alerts flushed, twin written, offsets committed")
+    twin_interval_s: float = Field(60.0, gt=0, description="longest a car's twin waits for a write when its status did not change")
+    twin_batch_max: int = Field(5000, ge=1, description="cars per twin bulk write, besides status changes (which are never deferred)")
+    twin_write_timeout_s: float = Field(60.0, gt=0, description="longest wait for one twin bulk command before it is retried")
+    twin_preload_max: int = Field(200_000, ge=0, description="load every twin once when the collection holds at most this many; "
+                                                              "else query first-seen cars per poll batch (0 = always query)")
+    hysteresis_n: int = Field(_RULE.n, ge=1, le=62)
+    hysteresis_k_warning: int = Field(_RULE.k_warning, ge=1)
+    hysteresis_k_failing: int = Field(_RULE.k_failing, ge=1)
+    hysteresis_m: int = Field(_RULE.m, ge=1)
+    metrics_port: int = Field(9101, ge=0, le=65535)  # 0 = no metrics server
+    retry_max_s: float = Field(5.0, gt=0, description="longest wait between retries of a dependency (backoff cap)")
+    # librdkafka tuning (the no-loss settings are fixed in consumer_config/producer_config, not settings).
+    consumer_fetch_wait_max_ms: int = Field(50, ge=0, description="librdkafka fetch.wait.max.ms: longest a fetch waits for data")
+    consumer_queued_min_messages: int = Field(200_000, ge=1, description="librdkafka queued.min.messages prefetched per partition")
+    consumer_session_timeout_ms: int = Field(45_000, ge=1, description="librdkafka session.timeout.ms: a dead member's partitions move after this")
+    # The final twin flush (and a revoke's) blocks the loop: 100,000 cars at FerretDB's ~700-1,300
+    # writes/s under load is 1-2.5 minutes; the default 5 minutes left too little margin.
+    consumer_max_poll_interval_ms: int = Field(600_000, ge=1, description="librdkafka max.poll.interval.ms: longest the loop may block between polls")
+    producer_linger_ms: int = Field(5, ge=0, description="librdkafka linger.ms before an alert batch is sent")
+    producer_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field("lz4", description="librdkafka compression.type")
+
+    @model_validator(mode="after")
+    def _hysteresis_consistent(self):
+        if not self.hysteresis_k_warning <= self.hysteresis_k_failing <= self.hysteresis_n:
+            raise ValueError("hysteresis needs k_warning <= k_failing <= n")
+        return self
+
+    @property
+    def rule(self) -> Rule:
+        return Rule(self.hysteresis_n, self.hysteresis_k_warning, self.hysteresis_k_failing, self.hysteresis_m)
+
+    def consumer_config(self) -> dict:
+        # Offsets are committed by the checkpoint only, never automatically (the no-loss ordering).
+        return kafka_config(self.kafka, **{
+            "group.id": self.group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "enable.partition.eof": False, "fetch.min.bytes": 1, "fetch.wait.max.ms": self.consumer_fetch_wait_max_ms,
+            "queued.min.messages": self.consumer_queued_min_messages, "session.timeout.ms": self.consumer_session_timeout_ms,
+            "max.poll.interval.ms": self.consumer_max_poll_interval_ms})
+
+    def producer_config(self) -> dict:
+        # Idempotent, infinitely retried: an alert is resent until Kafka has it, never reordered or doubled.
+        return kafka_config(self.kafka, **{
+            "enable.idempotence": True, "acks": "all", "message.timeout.ms": 0,
+            "linger.ms": self.producer_linger_ms, "compression.type": self.producer_compression_type})

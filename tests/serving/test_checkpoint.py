@@ -1,0 +1,204 @@
+"""The transformer's no-loss rules without Kafka: when a car's twin is due, and how far a commit may go.
+
+``Stream`` plays the loop against a TwinLedger and remembers every event, what each written snapshot
+held and what the DLQ took, so a property test can check the ledger's commits over any interleaving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inference.transformer.checkpoint import TwinLedger
+
+PARTITIONS = 3
+CARS = 4
+INTERVAL = 10.0
+
+
+@dataclass
+class Stream:
+    ledger: TwinLedger
+    next_offset: list[int] = field(default_factory=lambda: [0] * PARTITIONS)
+    applied: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # car -> its (partition, offset), in order
+    dead_lettered: set[tuple[int, int]] = field(default_factory=set)
+    durable: set[tuple[int, int]] = field(default_factory=set)  # events some written snapshot holds
+    writing: tuple[dict[int, int], set[tuple[int, int]]] | None = None  # (positions to commit, events) of the snapshot in flight
+    seen: set[int] = field(default_factory=set)
+    now: float = 0.0
+
+    def poll_batch(self, records: list[tuple[int | None, int]], changes: set[int] = frozenset(), restored: set[int] = frozenset(),
+                   chunk: int = 1000) -> None:
+        """Records (car, or None for an undecodable one; partition) in poll order, applied in micro-batches
+        of ``chunk``; cars in ``changes`` change status, first-seen cars in ``restored`` had a twin."""
+        cars, parts, offs = [], [], []
+        done: dict[int, int] = {}
+        for car, p in records:
+            o = done[p] = self.next_offset[p]
+            self.next_offset[p] += 1
+            if car is None:
+                self.dead_lettered.add((p, o))
+            else:
+                cars.append(car), parts.append(p), offs.append(o)
+        new = sorted(set(cars) - self.seen)
+        self.seen.update(cars)
+        self.ledger.restored(np.array([c for c in new if c in restored], np.int64), self.now)
+        cars, parts, offs = np.array(cars, np.int64), np.array(parts, np.int32), np.array(offs, np.int64)
+        for start in range(0, len(cars), chunk):
+            sl = slice(start, start + chunk)
+            self.ledger.events_applied(cars[sl], parts[sl], offs[sl])
+            for c, p, o in zip(cars[sl].tolist(), parts[sl].tolist(), offs[sl].tolist()):
+                self.applied.setdefault(c, []).append((p, o))
+            changed = sorted(set(changes) & set(cars[sl].tolist()))
+            if changed:
+                self.ledger.status_changed(np.array(changed, np.int64))
+        self.ledger.batch_done(done)
+
+    def start_checkpoint(self, elapsed: float = 0.0, everything: bool = False) -> list[int] | None:
+        """Snapshot the due cars for the writer (None while a write is in flight: the loop waits for it)."""
+        self.now += elapsed
+        if self.writing is not None:
+            return None
+        cars = self.ledger.due(self.now, everything)
+        events = {e for c in cars.tolist() for e in self.applied.get(c, [])}
+        self.writing = (self.ledger.take(cars, self.now), events)
+        return sorted(cars.tolist())
+
+    def finish_write(self) -> None:
+        """The snapshot is written: its events are durable, its positions committed."""
+        if self.writing is None:
+            return
+        positions, events = self.writing
+        self.writing = None
+        self.durable |= events
+        before = dict(self.ledger.committed)
+        self.ledger.committed_to(positions)
+        assert all(o > before.get(p, -1) for p, o in positions.items()), f"a commit went backwards: {before} -> {positions}"
+
+    def lost_if_crashed_now(self) -> list[tuple[int, int, int]]:
+        """(car, partition, offset) of events below a committed offset that neither a written snapshot nor the DLQ holds."""
+        committed = self.ledger.committed
+        return [(c, p, o) for c, events in self.applied.items() for p, o in events
+                if o <= committed.get(p, -1) and (p, o) not in self.durable and (p, o) not in self.dead_lettered]
+
+
+car = st.integers(0, CARS - 1)
+undecodable = st.integers(0, PARTITIONS - 1).map(lambda p: (None, p))
+keyed = car.map(lambda c: (c, c % PARTITIONS))  # Kafka keys a car to one partition
+poll = st.tuples(st.just("poll"), st.lists(st.one_of(keyed, undecodable), max_size=12), st.sets(car), st.sets(car), st.integers(1, 5))
+checkpoint = st.tuples(st.just("checkpoint"), st.floats(0, 2 * INTERVAL), st.booleans())
+finish = st.tuples(st.just("finish"))
+
+
+def play(steps, twin_batch_max: int) -> Stream:
+    stream = Stream(TwinLedger(INTERVAL, twin_batch_max, size=2))  # small, so the ledger grows as cars appear
+    for step in steps:
+        if step[0] == "poll":
+            stream.poll_batch(*step[1:])
+        elif step[0] == "checkpoint":
+            stream.start_checkpoint(*step[1:])
+        else:
+            stream.finish_write()
+            assert stream.lost_if_crashed_now() == []
+    return stream
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(poll, checkpoint, finish), max_size=40), st.integers(1, CARS + 1))
+def test_no_interleaving_commits_past_an_event_that_no_written_snapshot_or_dlq_holds(steps, twin_batch_max):
+    """Whatever order polls, deferred cars, status changes, checkpoints and finished writes come in,
+    and however small the batch limit: every commit covers only durable or dead-lettered events, and never goes back."""
+    play(steps, twin_batch_max)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(poll, checkpoint, finish), max_size=30), st.integers(1, CARS + 1))
+def test_a_final_checkpoint_writes_every_car_and_commits_everything_applied(steps, twin_batch_max):
+    stream = play(steps, twin_batch_max)
+    stream.finish_write()
+    stream.start_checkpoint(everything=True)
+    stream.finish_write()
+    assert stream.ledger.unwritten_count() == 0
+    assert all(stream.ledger.committed.get(p, -1) == o for p, o in stream.ledger.applied.items())
+    assert stream.lost_if_crashed_now() == []
+
+
+def test_a_deferred_car_holds_its_partitions_commit_just_below_its_first_unwritten_event():
+    stream = Stream(TwinLedger(INTERVAL, 100))
+    stream.poll_batch([(0, 0), (3, 0)], restored={0, 3})  # both had twins: neither is due before the interval
+    stream.start_checkpoint(1.0), stream.finish_write()
+    assert stream.ledger.committed == {}  # offsets 0 and 1 of partition 0 are in no written twin
+    stream.poll_batch([(0, 0), (3, 0)], changes={3})  # car 3 changes status: written now; car 0 still deferred
+    assert stream.start_checkpoint(1.0) == [3]
+    stream.finish_write()
+    assert stream.ledger.committed == {}  # car 0's first unwritten event is offset 0
+    assert stream.start_checkpoint(INTERVAL) == [0]  # its last write is an interval old
+    stream.finish_write()
+    assert stream.ledger.committed == {0: 3}
+
+
+def test_dead_lettered_records_let_the_commit_pass_them():
+    stream = Stream(TwinLedger(INTERVAL, 100))
+    stream.poll_batch([(None, 1), (None, 1)])
+    assert stream.start_checkpoint() == []
+    stream.finish_write()
+    assert stream.ledger.committed == {1: 1}
+
+
+# ---- when a car's twin is due ------------------------------------------------------------------
+
+
+def ledger_with(n: int, has_twin, written_at, urgent, batch_max: int = 1000) -> TwinLedger:
+    """A ledger of ``n`` cars that all have unwritten events (each on its own offset of partition 0)."""
+    ledger = TwinLedger(INTERVAL, batch_max, size=1)
+    cars = np.arange(n)
+    ledger.events_applied(cars, np.zeros(n, np.int32), cars)
+    ledger.has_twin[:n], ledger.written_at[:n], ledger.urgent[:n] = has_twin, written_at, urgent
+    return ledger
+
+
+cars_state = st.integers(1, 30).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.booleans(), min_size=n, max_size=n), st.lists(st.floats(0, 100), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n)))
+
+
+@given(cars_state, st.integers(1, 40), st.floats(0, 200))
+def test_a_status_change_is_always_due_at_the_next_checkpoint_even_past_the_batch_limit(state, batch_max, now):
+    n, has_twin, written_at, urgent = state
+    due = set(ledger_with(n, has_twin, written_at, urgent, batch_max).due(now).tolist())
+    assert {c for c in range(n) if urgent[c]} <= due
+
+
+@given(cars_state, st.floats(0, 200))
+def test_a_car_is_due_when_it_has_no_twin_or_its_last_write_is_a_twin_interval_old_and_not_otherwise(state, now):
+    n, has_twin, written_at, urgent = state
+    due = set(ledger_with(n, has_twin, written_at, urgent).due(now).tolist())
+    assert due == {c for c in range(n) if urgent[c] or not has_twin[c] or now - written_at[c] >= INTERVAL}
+
+
+@given(cars_state, st.integers(1, 40), st.floats(0, 200))
+def test_past_the_batch_limit_the_longest_waiting_cars_go_first(state, batch_max, now):
+    n, has_twin, written_at, urgent = state
+    ledger = ledger_with(n, has_twin, [w if h else 0.0 for w, h in zip(written_at, has_twin)], urgent, batch_max)
+    due = ledger.due(now).tolist()
+    wanted = [c for c in range(n) if urgent[c] or not has_twin[c] or now - ledger.written_at[c] >= INTERVAL]
+    assert len(due) == len(set(due)) == min(len(wanted), max(batch_max, sum(urgent)))
+    chosen = [c for c in due if not urgent[c]]
+    left = [c for c in wanted if c not in due]
+    assert all(ledger.written_at[a] <= ledger.written_at[b] for a in chosen for b in left)
+
+
+def test_a_healthy_car_is_due_again_one_twin_interval_after_it_was_handed_to_the_writer():
+    stream = Stream(TwinLedger(INTERVAL, 100))
+    stream.poll_batch([(2, 2)])
+    assert stream.start_checkpoint(0.5) == [2]  # no twin yet: inserted at once
+    stream.finish_write()
+    for _ in range(9):
+        stream.poll_batch([(2, 2)])
+        assert stream.start_checkpoint(1.0) == []
+        stream.finish_write()
+    stream.poll_batch([(2, 2)])
+    assert stream.start_checkpoint(1.0) == [2]
