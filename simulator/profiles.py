@@ -11,8 +11,8 @@ before profiles was measured on, and reproduces it bit for bit for a given seed.
 - urban: crawling and city streets below 60% throttle, a stop every ~3.5 min and a drop-off (5 min)
   every ~25 min; little load.
 - highway: long trips at 90-100% throttle.
-- cold: default trips plus parking; ambient -20-0 C, every car starts cold and intake air warms 25 K
-  over a trip (time constant 10 min while driving, cools with 30 min while stopped).
+- cold: default trips; ambient -20-0 C, every car starts cold and intake air warms 25 K over the trip
+  (time constant 10 min while driving; stops cool it with 30 min).
 - ageing: charge 10-40% at the first event and 30-45% after a charge, half the range, and a healthy
   sag of 0.03-0.10 V per A of draw (a degraded battery: 0.4).
 """
@@ -81,12 +81,10 @@ HIGHWAY = Profile("highway", (
     Segment(0.90, (0.90, 1.00), 1800.0),  # motorway
 ), start_throttle=(0.85, 1.0), start_segment_s=900.0)
 
-# Winter: every car starts its first trip cold (intake air at ambient), the engine bay warms it while
-# driving and parking cools it again. Coolant follows intake air through the car model's relation.
-COLD = Profile("cold", (
-    *DEFAULT.segments,
-    Segment(0.02, (0.0, 0.0), 2400.0),  # parked between trips
-), ambient=(-20.0, 0.0), warm_up_k=25.0)
+# Winter: every car starts its first trip cold (intake air at ambient) and the engine bay warms it while
+# driving (stops cool it again, slowly). Coolant follows intake air through the car model's relation.
+# No long parking: a parked car shows no load-dependent signature, which is the urban fleet's test.
+COLD = Profile("cold", DEFAULT.segments, ambient=(-20.0, 0.0), warm_up_k=25.0)
 
 # An older fleet: half the capacity (twice the drain per metre), kept at lower charge, and cells with
 # some internal resistance: a healthy sag of 0.03-0.10 V per A, below the degraded 0.4 (failures.py).
