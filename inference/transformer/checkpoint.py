@@ -87,11 +87,12 @@ class TwinLedger:
         fresh = self.pending_from[uniq] < 0
         self.pending_part[uniq[fresh]] = partitions[first[fresh]]
         self.pending_from[uniq[fresh]] = offsets[first[fresh]]
-        # A car whose events moved partition (topic resized) is written at once: its hold is tracked on one partition.
-        last = len(cars) - 1 - np.unique(cars[::-1], return_index=True)[1]
-        moved = self.pending_part[uniq] != partitions[last]
-        if moved.any():
-            self.urgent[uniq[moved]] = True
+        # A car's hold is tracked on one partition: an event of it on another (the topic was resized)
+        # is held by nothing, so the car is written at the next checkpoint. Every event counts, not
+        # only the newest: a chunk can interleave a car's old and new partitions.
+        moved = cars[self.pending_part[cars] != partitions]
+        if len(moved):
+            self.urgent[moved] = True
 
     def status_changed(self, cars: np.ndarray) -> None:
         self.ensure(int(np.max(cars)) + 1)
