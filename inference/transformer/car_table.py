@@ -1,5 +1,5 @@
 """Per-car state of the transformer: car id <-> dense index, hysteresis, counters, newest reading,
-offsets applied; and the snapshot of it that a twin write turns into documents."""
+offsets applied, a windowed model's look-back; and the snapshot of it that a twin write turns into documents."""
 
 from __future__ import annotations
 
@@ -11,17 +11,23 @@ from fleetpulse.contract import INT_FIELDS, N_FEATURES, SENSOR_FIELDS
 from fleetpulse.hysteresis import STATUS_NAMES, Hysteresis, Rule
 from fleetpulse.twin import TwinDocument
 from inference.transformer.batching import Events
+from inference.transformer.windows import CarWindows
 
 _INT_COLS = [i for i, name in enumerate(SENSOR_FIELDS) if name in INT_FIELDS]
 
 
 class CarTable:
-    """Car id <-> dense index, and the per-car state the twin is written from."""
+    """Car id <-> dense index, and the per-car state the twin is written from.
 
-    def __init__(self, rule: Rule, size: int = 1024):
+    ``window`` > 1: the served model takes each car's last ``window`` readings (kept here, indexed
+    like the rest, so a table made afresh after a rebalance starts every car's window afresh too).
+    """
+
+    def __init__(self, rule: Rule, size: int = 1024, *, window: int = 1):
         self.ids: list[str] = []
         self.index: dict[bytes, int] = {}
         self.hysteresis = Hysteresis(rule, size)
+        self.windows = CarWindows(window, size) if window > 1 else None
         self._alloc(size)
 
     def _alloc(self, size: int) -> None:
@@ -102,6 +108,11 @@ class CarTable:
         """Mask of the events this table has not applied (a replay re-delivers ones at or below a car's position)."""
         cars = events.cars
         return ~((self.part[cars] == events.partitions) & (events.offsets <= self.off[cars]))
+
+    def samples(self, events: Events) -> np.ndarray:
+        """The model's input for these events (stream order): their rows, or for a windowed model each
+        one's window, which this advances."""
+        return self.windows.samples(events.cars, events.rows) if self.windows is not None else events.rows
 
     def apply(self, events: Events, score: np.ndarray, over: np.ndarray) -> list[tuple[int, int, int]]:
         """Apply scored events in stream order; returns the status changes (event index, old, new)."""

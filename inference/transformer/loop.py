@@ -31,7 +31,6 @@ from inference.transformer.delivery import Delivery, now_ms
 from inference.transformer.metrics import RunSummary
 from inference.transformer.twin_store import TwinLoader
 from inference.transformer.v2_client import V2Client
-from inference.transformer.windows import CarWindows
 
 
 def model_window(client) -> int:
@@ -62,14 +61,13 @@ class Transformer:
         self.summary = RunSummary()
         self.delivery = Delivery(producer, lambda: self._backoff(0.2), self._retrying("kafka", lambda exc, _: str(exc)))
         self.loader = TwinLoader(twins, settings.twin_preload_max, lambda fn: self._retry("mongodb", fn), progress)
-        self.table = CarTable(settings.rule)
+        self.window = model_window(client)  # readings per sample: > 1 for a windowed (LSTM) model
+        self.table = CarTable(settings.rule, window=self.window)
         self.ledger = TwinLedger(settings.twin_interval_s, settings.twin_batch_max)
         self.in_flight = InFlight(settings.max_in_flight)
         self.submitted: dict[int, int] = {}  # partition -> last offset handed to the pipeline
         self.threshold = float("nan")
         self.model_version = ""
-        window = model_window(client)
-        self.windows = CarWindows(window) if window > 1 else None  # a windowed (LSTM) model's per-car look-back
         self._last_checkpoint = time.monotonic()
         self._stop = False
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="twin-writer")
@@ -168,7 +166,7 @@ class Transformer:
 
     def _submit(self, events: Events, done: dict[int, int]) -> None:
         """Send the events to the model server in micro-batches; the last one carries the poll batch's offsets."""
-        samples = self.windows.samples(events.cars, events.rows) if self.windows is not None else events.rows
+        samples = self.table.samples(events)
         batches = micro_batches(len(events), self.settings.model_batch)
         for sl in batches:
             chunk = events[sl]
@@ -337,7 +335,7 @@ class Transformer:
         self._forget()
 
     def _forget(self) -> None:
-        self.table = CarTable(self.settings.rule)
+        self.table = CarTable(self.settings.rule, window=self.window)
         self.ledger = TwinLedger(self.settings.twin_interval_s, self.settings.twin_batch_max)
         self.submitted.clear()
         self.loader.forget()

@@ -92,6 +92,16 @@ def test_a_restored_car_continues_from_its_twin_and_recognises_replayed_events()
     assert STATUS_NAMES[table.hysteresis.status[0]] == "warning" and table.hysteresis.bits[0] == 0b101
 
 
+def test_a_table_made_afresh_after_a_rebalance_gives_a_car_only_its_own_readings_in_its_window():
+    before = CarTable(RULE, window=3)
+    before.lookup([b"car-a", b"car-b"])
+    before.samples(events([0, 1, 0, 1]))
+    after = CarTable(RULE, window=3)  # what the loop makes when partitions are revoked
+    cars, _ = after.lookup([b"car-b"])  # car-b now gets index 0, car-a's index before
+    first = events(cars)
+    assert (after.samples(first)[0] == first.rows[0]).all()
+
+
 def test_a_car_without_a_twin_is_not_restored():
     table = table_with(2)
     assert table.restore([0, 1], {"car-1": {"status": "ok"}}, events([0, 1])) == [1]
