@@ -4,12 +4,11 @@ record, so a checkpoint never commits past an alert or a dead letter that could 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from fleetpulse.errors import BrokerUnavailable
-from fleetpulse.retry import Backoff, retry
 from fleetpulse.topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TIME_HEADER
 from inference.transformer.metrics import E2E_LATENCY
+from inference.transformer.retrying import Retries
 
 
 def now_ms() -> int:
@@ -23,10 +22,9 @@ def dead_letter_headers(msg, reason: str, ts: bytes) -> list[tuple[str, bytes]]:
 
 
 class Delivery:
-    def __init__(self, producer, backoff: Callable[[], Backoff], on_retry: Callable[[BaseException, float], None]):
+    def __init__(self, producer, retries: Retries):
         self.producer = producer
-        self.backoff = backoff
-        self.on_retry = on_retry
+        self.retries = retries
         self._failed: list[tuple[str, bytes, bytes, list | None]] = []  # (topic, key, value, headers) to resend
 
     def produce(self, topic: str, key, value: bytes, headers=None, event_ts_ms: int | None = None) -> None:
@@ -52,7 +50,7 @@ class Delivery:
 
     def flush(self) -> None:
         """Wait until Kafka has acknowledged every record produced, resending the ones it failed."""
-        retry(self._flush_once, (BrokerUnavailable,), self.backoff(), self.on_retry)
+        self.retries.call("kafka", self._flush_once, (BrokerUnavailable,), message=lambda exc, _: str(exc))
 
     def _flush_once(self) -> None:
         remaining = self.producer.flush(5.0)

@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import itertools
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from pymongo.errors import PyMongoError
 
 from fleetpulse.alerts import alert_record, encode_alert
 from fleetpulse.codec import decode_batch
 from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.hysteresis import STATUS_NAMES
-from fleetpulse.retry import Backoff, retry
 from inference.transformer import metrics
 from inference.transformer.batching import Chunk, Events, InFlight, drop_redelivered, last_offsets, micro_batches, positions
-from inference.transformer.car_table import CarTable, TwinSnapshot
+from inference.transformer.car_table import CarTable
 from inference.transformer.checkpoint import TwinLedger
 from inference.transformer.delivery import Delivery, now_ms
 from inference.transformer.metrics import RunSummary
-from inference.transformer.twin_store import TwinLoader
+from inference.transformer.retrying import Retries
+from inference.transformer.twin_store import TwinLoader, TwinWriter
 from inference.transformer.v2_client import V2Client
 
 
@@ -40,27 +37,18 @@ def model_window(client) -> int:
     return int(shape[1]) if len(shape) == 3 else 1
 
 
-@dataclass
-class _Write:
-    """The snapshot on the writer thread, and the positions to commit once it is written."""
-
-    future: Future
-    to_commit: dict[int, int]
-    snapshot: TwinSnapshot
-
-
 class Transformer:
     def __init__(self, settings, consumer, producer, client: V2Client, twins, progress: Callable[[str], None] = lambda _: None,
                  retry_deadline_s: float | None = None):
         self.settings = settings
         self.consumer = consumer
         self.client = client
-        self.twins = twins
         self.progress = progress
-        self.retry_deadline_s = retry_deadline_s  # None: a dependency is retried until it answers
         self.summary = RunSummary()
-        self.delivery = Delivery(producer, lambda: self._backoff(0.2), self._retrying("kafka", lambda exc, _: str(exc)))
-        self.loader = TwinLoader(twins, settings.twin_preload_max, lambda fn: self._retry("mongodb", fn), progress)
+        self.retries = Retries(self.summary, progress, settings.retry_max_s, retry_deadline_s)
+        self.delivery = Delivery(producer, self.retries)
+        self.loader = TwinLoader(twins, settings.twin_preload_max, self.retries, progress)
+        self.writer = TwinWriter(twins, self.retries)
         self.window = model_window(client)  # readings per sample: > 1 for a windowed (LSTM) model
         self.table = CarTable(settings.rule, window=self.window)
         self.ledger = TwinLedger(settings.twin_interval_s, settings.twin_batch_max)
@@ -70,8 +58,6 @@ class Transformer:
         self.model_version = ""
         self._last_checkpoint = time.monotonic()
         self._stop = False
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="twin-writer")
-        self._writing: _Write | None = None
 
     # ---- main loop -------------------------------------------------------------------------
 
@@ -93,7 +79,7 @@ class Transformer:
                     last_record = now
                     self.summary.active_seconds = now - first_record
                 self._finish_write(wait=False)
-                if now - self._last_checkpoint >= self.settings.checkpoint_interval_s and self._writing is None:
+                if now - self._last_checkpoint >= self.settings.checkpoint_interval_s and not self.writer.busy:
                     self._apply_ready(everything=True)
                     self.checkpoint(wait=False)
                 if now - last_progress >= 5:
@@ -200,8 +186,8 @@ class Transformer:
         """The chunk's scores; a request the server did not answer is sent again, after the backoff, until it is."""
         resent = (self.client.infer_future(chunk.request) for _ in itertools.count())  # lazy: one per retry
         futures = itertools.chain([chunk.future], resent)
-        return retry(lambda: self.client.result(next(futures)), (BrokerUnavailable,), self._backoff(0.1),
-                     self._retrying("model-server", lambda exc, delay: f"{exc}; retrying in {delay:.1f}s"))
+        return self.retries.call("model-server", lambda: self.client.result(next(futures)), (BrokerUnavailable,), initial_s=0.1,
+                                 message=lambda exc, delay: f"{exc}; retrying in {delay:.1f}s")
 
     def _apply_scores(self, events: Events, score: np.ndarray, over: np.ndarray) -> None:
         self.summary.scored += len(events)
@@ -237,7 +223,7 @@ class Transformer:
         """
         started = self._last_checkpoint = time.monotonic()
         self._finish_write(wait)
-        if self._writing is not None:
+        if self.writer.busy:
             return  # the previous snapshot is still being written; the next checkpoint picks this up
         if not self.ledger.has_work():
             return
@@ -247,34 +233,22 @@ class Transformer:
         to_commit = self.ledger.take(cars, started)
         metrics.TWINS_PENDING.set(self.ledger.unwritten_count() + len(cars))
         if len(cars) or to_commit:
-            self._writing = _Write(self._writer.submit(self._write, snapshot), to_commit, snapshot)
+            self.writer.submit(snapshot, to_commit)
         if wait:
             self._finish_write(wait=True)
 
-    def _write(self, snapshot: TwinSnapshot) -> None:
-        t0 = time.monotonic()
-        self._retry("mongodb", lambda: self.twins.save(*snapshot.documents()))
-        seconds = time.monotonic() - t0
-        metrics.TWIN_WRITES.labels("insert").inc(snapshot.inserts)
-        metrics.TWIN_WRITES.labels("update").inc(len(snapshot) - snapshot.inserts)
-        metrics.TWIN_WRITE_SECONDS.observe(seconds)
-        if len(snapshot):
-            metrics.TWIN_WRITE_RATE.set(len(snapshot) / max(seconds, 1e-6))
-
     def _finish_write(self, wait: bool) -> None:
-        writing = self._writing
-        if writing is None or not (wait or writing.future.done()):
+        written = self.writer.finish(wait)
+        if written is None:
             return
-        writing.future.result()
-        self._writing = None
-        self.summary.twin_writes += len(writing.snapshot)
-        self.summary.twin_inserts += writing.snapshot.inserts
+        self.summary.twin_writes += len(written.snapshot)
+        self.summary.twin_inserts += written.snapshot.inserts
         metrics.TWINS_PENDING.set(self.ledger.unwritten_count())
-        if writing.to_commit:
-            offsets = [TopicPartition(self.settings.topic, p, o + 1) for p, o in writing.to_commit.items()]
-            if self._retry("kafka", lambda: self._commit(offsets)):
-                self.ledger.committed_to(writing.to_commit)
-                self._update_lag(writing.to_commit)
+        if written.to_commit:
+            offsets = [TopicPartition(self.settings.topic, p, o + 1) for p, o in written.to_commit.items()]
+            if self.retries.call("kafka", lambda: self._commit(offsets)):
+                self.ledger.committed_to(written.to_commit)
+                self._update_lag(written.to_commit)
         self.summary.checkpoints += 1
 
     def _commit(self, offsets) -> bool:
@@ -301,26 +275,6 @@ class Transformer:
             except KafkaException:
                 continue
             metrics.LAG.labels(str(p)).set(max(0, high - (o + 1)))
-
-    # ---- retries -----------------------------------------------------------------------------
-
-    def _retry(self, dependency: str, fn):
-        """``fn()`` until MongoDB or Kafka lets it succeed."""
-        def message(exc, delay):
-            return f"{dependency}: {type(exc).__name__}: {str(exc)[:160]}; retrying in {delay:.1f}s"
-
-        return retry(fn, (PyMongoError, KafkaException), self._backoff(0.2), self._retrying(dependency, message))
-
-    def _backoff(self, initial_s: float) -> Backoff:
-        maximum = self.settings.retry_max_s
-        return Backoff(min(initial_s, maximum), maximum, deadline_s=self.retry_deadline_s)
-
-    def _retrying(self, dependency: str, message: Callable[[BaseException, float], str]) -> Callable[[BaseException, float], None]:
-        def on_retry(exc: BaseException, delay: float) -> None:
-            self.summary.count_retry(dependency)
-            self.progress(message(exc, delay))
-
-        return on_retry
 
     # ---- rebalance ---------------------------------------------------------------------------
 

@@ -10,13 +10,17 @@ the upsert was measured on FerretDB 1.24/SQLite at ~9 upserts/s: it scans instea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 
 from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.twin import TwinDocument
-
-T = TypeVar("T")
+from inference.transformer import metrics
+from inference.transformer.car_table import TwinSnapshot
+from inference.transformer.retrying import Retries
 
 
 # FerretDB 1.24 (SQLite) keeps one pooled SQLite connection per statement of an update command
@@ -110,30 +114,74 @@ class TwinLoader:
     """Existing twins of first-seen cars: from one load of the whole collection while it is small
     enough (FerretDB scans the table for every `$in` query), else queried per poll batch."""
 
-    def __init__(self, store: TwinStore, preload_max: int, retry: Callable[[Callable[[], T]], T],
-                 progress: Callable[[str], None] = lambda _: None):
+    def __init__(self, store: TwinStore, preload_max: int, retries: Retries, progress: Callable[[str], None] = lambda _: None):
         self.store = store
         self.preload_max = preload_max
-        self.retry = retry  # runs a store call until it succeeds
+        self.retries = retries
         self.progress = progress
         self._preloaded: dict[str, dict] | None = None  # of the whole collection, the twins not handed out yet
         self._per_batch = preload_max == 0
 
     def load(self, car_ids: list[str]) -> dict[str, dict]:
         if self._preloaded is None and not self._per_batch:
-            if self.retry(self.store.count) <= self.preload_max:
-                self._preloaded = self.retry(self.store.load_all)
+            if self.retries.call("mongodb", self.store.count) <= self.preload_max:
+                self._preloaded = self.retries.call("mongodb", self.store.load_all)
                 self.progress(f"loaded {len(self._preloaded):,} existing twins")
             else:
                 self._per_batch = True
         if self._per_batch:
-            return self.retry(lambda: self.store.load(car_ids))
+            return self.retries.call("mongodb", lambda: self.store.load(car_ids))
         preloaded = self._preloaded
         return {i: preloaded.pop(i) for i in car_ids if i in preloaded}
 
     def forget(self) -> None:
         """Load again next time: another member may have written twins meanwhile."""
         self._preloaded = None
+
+
+@dataclass
+class Write:
+    """A snapshot being written, and the positions to commit once it is."""
+
+    future: Future
+    snapshot: TwinSnapshot
+    to_commit: dict[int, int]
+
+
+class TwinWriter:
+    """Writes twin snapshots on one background thread, one at a time, while scoring goes on."""
+
+    def __init__(self, store: TwinStore, retries: Retries):
+        self.store = store
+        self.retries = retries
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="twin-writer")
+        self._writing: Write | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._writing is not None
+
+    def submit(self, snapshot: TwinSnapshot, to_commit: dict[int, int]) -> None:
+        self._writing = Write(self._thread.submit(self._write, snapshot), snapshot, to_commit)
+
+    def finish(self, wait: bool) -> Write | None:
+        """The write in flight once it has succeeded (waited for with ``wait``), else None."""
+        writing = self._writing
+        if writing is None or not (wait or writing.future.done()):
+            return None
+        writing.future.result()
+        self._writing = None
+        return writing
+
+    def _write(self, snapshot: TwinSnapshot) -> None:
+        t0 = time.monotonic()
+        self.retries.call("mongodb", lambda: self.store.save(*snapshot.documents()))
+        seconds = time.monotonic() - t0
+        metrics.TWIN_WRITES.labels("insert").inc(snapshot.inserts)
+        metrics.TWIN_WRITES.labels("update").inc(len(snapshot) - snapshot.inserts)
+        metrics.TWIN_WRITE_SECONDS.observe(seconds)
+        if len(snapshot):
+            metrics.TWIN_WRITE_RATE.set(len(snapshot) / max(seconds, 1e-6))
 
 
 def as_set_fields(doc: dict) -> dict:
