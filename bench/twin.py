@@ -49,7 +49,7 @@ from devtools.stack.settings import StackSettings  # noqa: E402
 from inference.transformer.car_table import CarTable  # noqa: E402
 
 CHUNK = 90  # the chunk before this change; FerretDB 1.24/SQLite deadlocks above ~100 upserts in flight per database
-from inference.transformer.twin_store import BULK_CHUNK  # noqa: E402  the chunk the transformer uses now
+from inference.transformer.twin_store import BULK_CHUNK, as_set_fields  # noqa: E402  the chunk the transformer uses now
 
 
 class PragmaFerretDB(FerretDBService):
@@ -96,10 +96,10 @@ class Twins:
 
     def snapshot(self, cars: list[int]):
         self.table.seen[cars] = self.step
-        return self.table.snapshot(np.asarray(cars), 0.5, "1")
+        return self.table.snapshot(np.asarray(cars), np.ones(len(cars), bool), 0.5, "1")
 
     def fields(self, c: int) -> dict:
-        return self.snapshot([c]).fields(0)
+        return as_set_fields(self.doc(c))
 
     def doc(self, c: int) -> dict:
         return self.snapshot([c]).document(0)
