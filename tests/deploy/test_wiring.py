@@ -210,8 +210,8 @@ def test_transformer_reads_mongodb_from_the_secret_the_operator_writes(overlays)
 SETTINGS = {
     "FLEETPULSE_BRIDGE_": "bridges.settings:BridgeSettings",
     "FLEETPULSE_SIMULATOR_": "simulator.settings:SimulatorSettings",
-    "FLEETPULSE_SCORE_": None,
-    "FLEETPULSE_SERVE_": None,
+    "FLEETPULSE_SCORE_": "inference.transformer.settings:ScoreSettings",
+    "FLEETPULSE_SERVE_": "inference.server.settings:ServeSettings",
 }
 SERVICE_PREFIX = {"bridge": "FLEETPULSE_BRIDGE_", "transformer": "FLEETPULSE_SCORE_", "simulator": "FLEETPULSE_SIMULATOR_"}
 
