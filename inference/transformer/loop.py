@@ -2,8 +2,9 @@
 
 A thin adapter over the Kafka consumer, the model server and the twin store. What it decides lives in
 plain modules beside it: the no-loss ordering and when a twin is due in ``checkpoint`` (read its
-docstring first), per-car state in ``car_table``, micro-batches applied in order in ``batching``,
-acknowledged produce in ``delivery``.
+docstring first), per-car state in ``car_table``, micro-batches applied in order in ``batching``.
+Its I/O helpers: acknowledged produce in ``delivery``, twin loads and the writer thread in
+``twin_store``, waiting on a dependency in ``retrying``.
 """
 
 from __future__ import annotations
