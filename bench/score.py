@@ -35,7 +35,7 @@ from fleetpulse import endpoints  # noqa: E402
 from devtools.benchmarking import write_result  # noqa: E402
 from fleetpulse.codec import encode_batch  # noqa: E402
 from fleetpulse.alerts import decode_alert  # noqa: E402
-from tests.serving.conftest import FLEETPULSE, MEAN, STD, ModelServer, publish_model  # noqa: E402
+from tests.serving.harness import FLEETPULSE, MEAN, STD, ModelServer, publish_model  # noqa: E402
 
 KAFKA = endpoints.KAFKA_BOOTSTRAP
 
@@ -81,15 +81,11 @@ MONGODB_URI = endpoints.MONGODB_URI  # replaced by a private FerretDB in main()
 
 def private_ferretdb():
     """A FerretDB of our own: bulk twin writes at bench rates would stall the shared one for everyone."""
-    import socket
-
     from devtools.stack.mongodb import FerretDBService
+    from devtools.stack.process import free_port
     from devtools.stack.settings import StackSettings
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    svc = FerretDBService(StackSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-ferretdb-")), mongodb_port=port))
+    svc = FerretDBService(StackSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-ferretdb-")), mongodb_port=free_port()))
     svc.start()
     svc.wait_ready(60)
     return svc
