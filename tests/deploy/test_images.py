@@ -210,3 +210,21 @@ def test_the_build_context_excludes_everything_not_copied():
     rules = [l for l in (REPO / ".dockerignore").read_text().splitlines() if l and not l.startswith("#")]
     assert rules[0] == "**", "start from an empty context and re-include what the Dockerfiles copy"
     assert "!.venv" not in rules and "!.git" not in rules
+
+
+# What each image's sources may be: the kernel, its own deployable folder, the build metadata.
+OWN_SOURCES = {
+    "simulator/Dockerfile": {"simulator"},
+    "bridges/Dockerfile": {"bridges"},
+    "components/Dockerfile": {"components", "kubeflow/pipeline.yaml"},
+    "inference/Dockerfile.server": {"inference/__init__.py", "inference/server"},
+    "inference/Dockerfile.transformer": {"inference/__init__.py", "inference/transformer"},
+}
+
+
+def test_each_image_copies_only_the_kernel_and_its_own_folder(dockerfile):
+    allowed = {"requirements.lock", "pyproject.toml", "README.md", "fleetpulse"} | OWN_SOURCES[dockerfile]
+    for op, rest in instructions(dockerfile):
+        if op == "COPY" and not rest.startswith("--from="):
+            *sources, _dest = shlex.split(rest)
+            assert set(sources) <= allowed, f"{dockerfile} copies {set(sources) - allowed}"
