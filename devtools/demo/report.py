@@ -110,42 +110,62 @@ def _kpi(label: str, value, good: bool | None = None) -> str:
 
 
 def render_html(summary: dict, run: dict, ev: Quality) -> str:
-    s = summary
+    """The report page: headline figures, quality tables, score traces, delays, throughput, stages."""
     out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>FleetPulse demo report</title><style>{STYLE}</style></head><body>"]
-    params = s.get("parameters", {})
     out.append("<h1>FleetPulse demo report</h1>")
     out.append(
-        f'<p class="sub">{s["cars"]:,} cars, {s["events"]:,} events scored in the detection stretch ({s["car_hours"]:,} simulated car-hours); '
-        f'model <code>{escape(str(s.get("model_uri")))}</code>; parameters {escape(json.dumps(params))}</p>'
+        f'<p class="sub">{summary["cars"]:,} cars, {summary["events"]:,} events scored in the detection stretch ({summary["car_hours"]:,} simulated car-hours); '
+        f'model <code>{escape(str(summary.get("model_uri")))}</code>; parameters {escape(json.dumps(summary.get("parameters", {})))}</p>'
     )
     out.append("<h2>Architecture</h2>" + architecture_svg())
-    out.append("<h2>Headline figures</h2><div class=kpis>")
-    out.append(_kpi("F1 (goal 0.95)", f"{s['f1']:.3f}", s["f1"] >= 0.9))
-    out.append(_kpi("precision", f"{s['precision']:.3f}"))
-    out.append(_kpi("recall", f"{s['recall']:.3f}"))
-    delay = s["median_detection_delay_events"]
-    out.append(_kpi("median detection delay (events)", "n/a" if delay is None else f"{delay:g}", delay is not None and delay <= 5))
-    out.append(_kpi("false alerts / 1,000 car-hours", f"{s['false_alerts_per_1000_car_hours']:.2f}", s["false_alerts_per_1000_car_hours"] < 1))
-    out.append(_kpi("events/s through the scorer", f"{(s.get('events_per_s') or 0):,.0f}"))
-    p99 = s.get("p99_latency_ms")
-    out.append(_kpi("p99 event -> alert (ms)", "n/a" if p99 is None else f"{p99:,.0f}", p99 is not None and p99 < 250))
-    out.append(_kpi("alerts", f"{s['alerts']:,}"))
-    out.append(_kpi("cars with a twin", f"{s['twins']:,} / {s['cars']:,}", s["twins"] == s["cars"]))
-    out.append("</div>")
+    out += _headline(summary)
+    out += _quality_tables(summary)
+    out += _score_traces(summary, run)
+    out += _delays(ev)
+    out += _throughput(run)
+    out.append("<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th></tr>")
+    for stage, secs in summary.get("stages_s", {}).items():
+        out.append(f"<tr><td>{escape(stage)}</td><td>{secs:.1f}</td></tr>")
+    out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
 
+
+def _headline(s: dict) -> list[str]:
+    delay, p99 = s["median_detection_delay_events"], s.get("p99_latency_ms")
+    return [
+        "<h2>Headline figures</h2><div class=kpis>",
+        _kpi("F1 (goal 0.95)", f"{s['f1']:.3f}", s["f1"] >= 0.9),
+        _kpi("precision", f"{s['precision']:.3f}"),
+        _kpi("recall", f"{s['recall']:.3f}"),
+        _kpi("median detection delay (events)", "n/a" if delay is None else f"{delay:g}", delay is not None and delay <= 5),
+        _kpi("false alerts / 1,000 car-hours", f"{s['false_alerts_per_1000_car_hours']:.2f}", s["false_alerts_per_1000_car_hours"] < 1),
+        _kpi("events/s through the scorer", f"{(s.get('events_per_s') or 0):,.0f}"),
+        _kpi("p99 event -> alert (ms)", "n/a" if p99 is None else f"{p99:,.0f}", p99 is not None and p99 < 250),
+        _kpi("alerts", f"{s['alerts']:,}"),
+        _kpi("cars with a twin", f"{s['twins']:,} / {s['cars']:,}", s["twins"] == s["cars"]),
+        "</div>",
+    ]
+
+
+def _quality_tables(s: dict) -> list[str]:
     c = s["confusion"]
-    out.append("<h2>Confusion matrix (events)</h2><table><tr><th></th><th>flagged</th><th>not flagged</th></tr>")
-    out.append(f"<tr><th>failing (ground truth)</th><td>{c['tp']:,}</td><td>{c['fn']:,}</td></tr>")
-    out.append(f"<tr><th>healthy (ground truth)</th><td>{c['fp']:,}</td><td>{c['tn']:,}</td></tr></table>")
-
-    out.append("<h2>Per failure mode</h2><table><tr><th>mode</th><th>cars</th><th>events</th><th>precision</th><th>recall</th><th>F1</th></tr>")
+    out = [
+        "<h2>Confusion matrix (events)</h2><table><tr><th></th><th>flagged</th><th>not flagged</th></tr>",
+        f"<tr><th>failing (ground truth)</th><td>{c['tp']:,}</td><td>{c['fn']:,}</td></tr>",
+        f"<tr><th>healthy (ground truth)</th><td>{c['fp']:,}</td><td>{c['tn']:,}</td></tr></table>",
+        "<h2>Per failure mode</h2><table><tr><th>mode</th><th>cars</th><th>events</th><th>precision</th><th>recall</th><th>F1</th></tr>",
+    ]
     for mode, m in s["per_failure_mode"].items():
         out.append(f"<tr><td>{escape(mode)}</td><td>{m['cars']}</td><td>{m['events']:,}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td><td>{m['f1']:.3f}</td></tr>")
     out.append("</table>")
+    return out
 
-    out.append("<h2>Score over time</h2><p class=sub>Anomaly score per event for a few failing and healthy cars; dashed red line: the calibrated threshold; purple: failure onset.</p><div class=grid2>")
+
+def _score_traces(s: dict, run: dict) -> list[str]:
+    out = ["<h2>Score over time</h2><p class=sub>Anomaly score per event for a few failing and healthy cars; dashed red line: "
+           "the calibrated threshold; purple: failure onset.</p><div class=grid2>"]  # fmt: skip
     for car, trace in run.get("score_traces", {}).items():
-        vlines = {"onset": trace["onset_seq"]} if trace.get("onset_seq") is not None else None
         out.append(
             svg.line_chart(
                 {car: (trace["seq"], trace["score"])},
@@ -153,33 +173,37 @@ def render_html(summary: dict, run: dict, ev: Quality) -> str:
                 x_label="event number in the detection stretch",
                 y_label="score (log)",
                 hlines={"threshold": s["threshold"]} if s.get("threshold") else None,
-                vlines=vlines,
+                vlines={"onset": trace["onset_seq"]} if trace.get("onset_seq") is not None else None,
                 width=520,
                 log_y=True,
             )
         )
     out.append("</div>")
+    return out
 
-    delays = ev.delays
-    if delays:
-        hi = max(delays)
-        counts = np.bincount(np.array(delays), minlength=hi + 1)
-        out.append("<h2>Detection delay</h2>")
-        out.append(svg.bar_chart([str(i) for i in range(hi + 1)], counts.tolist(), title="events from onset to the first alert, per failing car", x_label="events after onset", y_label="cars"))
+
+def _delays(ev: Quality) -> list[str]:
+    if not ev.delays:
+        return []
+    counts = np.bincount(np.array(ev.delays), minlength=max(ev.delays) + 1)
+    return ["<h2>Detection delay</h2>",
+            svg.bar_chart([str(i) for i in range(len(counts))], counts.tolist(), title="events from onset to the first alert, per failing car",
+                          x_label="events after onset", y_label="cars")]  # fmt: skip
+
+
+def _throughput(run: dict) -> list[str]:
     timeline = run.get("throughput", [])
-    if timeline:
-        out.append("<h2>Throughput and latency over the run</h2><div class=grid2>")
-        out.append(svg.line_chart({"scored events/s": ([t for t, _ in timeline], [r for _, r in timeline])}, title="transformer throughput", x_label="seconds into the detection stretch", y_label="events/s", width=520))
-        lat_t = run.get("latency_timeline", [])
-        if lat_t:
-            out.append(svg.line_chart({"event -> alert (ms)": ([t for t, _ in lat_t], [v for _, v in lat_t])}, title="alert latency", x_label="seconds into the detection stretch", y_label="ms", width=520))
-        out.append("</div>")
-    out.append("<h2>Stages</h2><table><tr><th>stage</th><th>seconds</th></tr>")
-    for stage, secs in s.get("stages_s", {}).items():
-        out.append(f"<tr><td>{escape(stage)}</td><td>{secs:.1f}</td></tr>")
-    out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out)
+    if not timeline:
+        return []
+    out = ["<h2>Throughput and latency over the run</h2><div class=grid2>",
+           svg.line_chart({"scored events/s": ([t for t, _ in timeline], [r for _, r in timeline])}, title="transformer throughput",
+                          x_label="seconds into the detection stretch", y_label="events/s", width=520)]  # fmt: skip
+    lat_t = run.get("latency_timeline", [])
+    if lat_t:
+        out.append(svg.line_chart({"event -> alert (ms)": ([t for t, _ in lat_t], [v for _, v in lat_t])}, title="alert latency",
+                                  x_label="seconds into the detection stretch", y_label="ms", width=520))  # fmt: skip
+    out.append("</div>")
+    return out
 
 
 def write(out_dir: Path, run: dict, ev: Quality) -> dict:
