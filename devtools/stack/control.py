@@ -8,29 +8,48 @@ import time
 from typing import Callable
 
 from fleetpulse.errors import StackError
+from devtools.stack.credentials import IdentityStore
 from devtools.stack.gcs import FakeGCSService
 from devtools.stack.kafka import KafkaService
 from devtools.stack.mongodb import FerretDBService
 from devtools.stack.mqtt import MosquittoService
+from devtools.stack.pki import Pki, ensure_pki
 from devtools.stack.process import port_in_use, port_owner
+from devtools.stack.rights import ADMIN, MONGODB_USERS, SERVICES
 from devtools.stack.service import Service
 from devtools.stack.settings import StackSettings
 
 SERVICE_NAMES = ("kafka", "mqtt", "mongodb", "gcs")
+LIVE_ADD_MAX = 50
+"""New cars added to running brokers one command each; more restart the brokers, which load them
+from the identity store (every control command makes Mosquitto rewrite its whole identity file:
+~0.4 s at 100,000 cars, so adding 100,000 that way would take hours)."""
 
 
 def _layout_file(settings: StackSettings):
     return settings.state_dir / "stack.json"
 
 
-def mqtt_broker_count(settings: StackSettings) -> int:
+def _layout(settings: StackSettings) -> dict:
     try:
-        return int(json.loads(_layout_file(settings).read_text()).get("mqtt_brokers", 1))
+        return json.loads(_layout_file(settings).read_text())
     except (FileNotFoundError, ValueError):
-        return 1
+        return {}
+
+
+def mqtt_broker_count(settings: StackSettings) -> int:
+    return int(_layout(settings).get("mqtt_brokers", 1))
+
+
+def resolved(settings: StackSettings) -> StackSettings:
+    """``settings`` with ``secure`` decided: as given, else as the stack was last brought up (off for a new one)."""
+    if settings.secure is not None:
+        return settings
+    return settings.model_copy(update={"secure": bool(_layout(settings).get("secure", False))})
 
 
 def services(settings: StackSettings, mqtt_brokers: int | None = None) -> list[Service]:
+    settings = resolved(settings)
     n = mqtt_brokers or mqtt_broker_count(settings)
     return [
         KafkaService(settings),
@@ -43,11 +62,21 @@ def services(settings: StackSettings, mqtt_brokers: int | None = None) -> list[S
 def up(settings: StackSettings, mqtt_brokers: int = 1, progress: Callable[[str], None] = lambda _: None) -> dict:
     """Install (first time), start and wait for every server; idempotent. Returns timings per service."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    before = resolved(settings.model_copy(update={"secure": None}))
+    settings = resolved(settings)
     previous = mqtt_broker_count(settings)
-    if previous > mqtt_brokers:  # shrink: stop the extra brokers we started before
+    if settings.secure != before.secure:
+        # Every server's configuration changes with the mode: restart what runs in the other one.
+        for svc in services(before, previous):
+            if svc.process.stop():
+                progress(f"{svc.label}: stopped, to restart {'with' if settings.secure else 'without'} security")
+    elif previous > mqtt_brokers:  # shrink: stop the extra brokers we started before
         for svc in services(settings, previous)[1 + mqtt_brokers : 1 + previous]:
             svc.process.stop()
-    _layout_file(settings).write_text(json.dumps({"mqtt_brokers": mqtt_brokers}))
+    _layout_file(settings).write_text(json.dumps({"mqtt_brokers": mqtt_brokers, "secure": settings.secure}))
+    if settings.secure:
+        ensure_pki(settings.pki_dir, [settings.host])
+        IdentityStore(settings.identities_dir).services()
     _preflight(services(settings, mqtt_brokers))
     timings: dict[str, float] = {}
     started: list[Service] = []
@@ -102,6 +131,8 @@ def down(settings: StackSettings, wipe: bool = False) -> list[str]:
 
 
 def status(settings: StackSettings) -> dict:
+    """Endpoints and whether each server runs: what `stack status --json` prints, never a secret."""
+    settings = resolved(settings)
     svcs = services(settings)
     kafka, *mqtts = [s for s in svcs if s.name in ("kafka", "mqtt")]
     by_name = {s.name: s for s in svcs}
@@ -113,7 +144,52 @@ def status(settings: StackSettings) -> dict:
         "mongodb": by_name["mongodb"].status(),
         "gcs": by_name["gcs"].status(),
         "state_dir": str(settings.state_dir),
+        "secure": settings.secure,
+        "ca_file": str(Pki(settings.pki_dir).ca_file) if settings.secure else None,
     }
+
+
+def _secured(settings: StackSettings) -> StackSettings:
+    settings = resolved(settings)
+    if not settings.secure:
+        raise StackError("the stack runs without security, so it has no identities; bring it up with `fleetpulse stack up --secure`")
+    return settings
+
+
+def provision_cars(settings: StackSettings, car_ids: list[str], progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Give each car an identity, in the store and in every running MQTT broker; return the ids created now."""
+    settings = _secured(settings)
+    running = [m for m in services(settings) if isinstance(m, MosquittoService) and m.process.running()]
+    store = IdentityStore(settings.identities_dir)
+
+    def load(new: list[str]) -> None:
+        if len(new) <= LIVE_ADD_MAX:
+            passwords = store.cars()
+            for broker in running:
+                broker.add_cars({car: passwords[car] for car in new})
+            return
+        for broker in running:
+            progress(f"{broker.label}: restarting to load {len(new):,} new car identities")
+            broker.process.stop()
+            broker.start()
+            broker.wait_ready(settings.start_timeout_s)
+
+    return store.ensure_cars(car_ids, on_created=load if running else None)
+
+
+def credentials(settings: StackSettings, name: str) -> dict:
+    """What a stock client needs to connect as ``name`` (a service, ``admin`` or a car id, created on first use)."""
+    settings = _secured(settings)
+    store = IdentityStore(settings.identities_dir)
+    ca_file = str(Pki(settings.pki_dir).ca_file)
+    if name == ADMIN or name in SERVICES:
+        found = {"username": name, "password": store.password(name), "ca_file": ca_file}
+        if name == ADMIN or name in MONGODB_USERS:
+            found["mongodb_uri"] = FerretDBService(settings).uri_for(name)
+        return found
+    provision_cars(settings, [name])
+    # The car's MQTT client id must equal its username (the broker binds them).
+    return {"username": name, "password": store.cars()[name], "client_id": name, "ca_file": ca_file}
 
 
 def log_file(settings: StackSettings, name: str):

@@ -1,16 +1,33 @@
-"""FerretDB 1.24 with its SQLite backend: the MongoDB-wire server, built from the Go module proxy."""
+"""FerretDB 1.24 with its SQLite backend: the MongoDB-wire server, built from the Go module proxy.
+
+Secured (`stack up --secure`), FerretDB runs its own command (cmd/ferretdb, built from the same module)
+with ``--test-enable-new-auth``: SCRAM-SHA-256 users stored by FerretDB itself, which works with the
+SQLite backend (without it, 1.24 only passes PLAIN credentials through to a PostgreSQL backend), and
+every command but the handshake refused until a client authenticates. The flag is marked experimental,
+and 1.24 has no roles (``createUser`` rejects any): a user may read and write every database. So only
+``admin`` and the services that use MongoDB get a user (rights.MONGODB_USERS), and the server listens
+on loopback only, with TLS from the stack's CA.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
+from devtools.stack.credentials import IdentityStore
+from devtools.stack.pki import SERVER, Pki, ensure_pki
+from devtools.stack.rights import ADMIN, MONGODB_USERS
 from devtools.stack.service import Service, ensure_dir
 from devtools.stack.settings import FERRETDB_VERSION
+
+AUTH_MARKER = "auth-initialised"
+"""Written once FerretDB has its admin user: a data dir without it was created without authentication."""
 
 ASSETS = resources.files("devtools.stack") / "assets" / "ferretdb"
 
@@ -24,13 +41,27 @@ class FerretDBService(Service):
 
     @property
     def uri(self) -> str:
-        return f"mongodb://{self.host}:{self.port}/"
+        """Where clients connect, without credentials (secured: add a user's, `stack credentials NAME`)."""
+        if not self.settings.secure:
+            return f"mongodb://{self.host}:{self.port}/"
+        return f"mongodb://{self.host}:{self.port}/?tls=true&tlsCAFile={quote(str(Pki(self.settings.pki_dir).ca_file))}"
+
+    def uri_for(self, name: str) -> str:
+        """``uri`` with ``name``'s credentials (a secret: never log it)."""
+        if not self.settings.secure:
+            return self.uri
+        password = IdentityStore(self.settings.identities_dir).password(name)
+        ca_file = quote(str(Pki(self.settings.pki_dir).ca_file))
+        return (f"mongodb://{quote(name)}:{quote(password)}@{self.host}:{self.port}/"
+                f"?tls=true&tlsCAFile={ca_file}&authSource=admin&authMechanism=SCRAM-SHA-256")
 
     def marker(self) -> str:
         return f"{self.host}:{self.port}"
 
     @property
     def binary(self):
+        if self.settings.secure:
+            return self.settings.cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "cmd" / "ferretdb"
         return self.settings.cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
 
     def install(self) -> None:
@@ -39,6 +70,9 @@ class FerretDBService(Service):
         go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
         if go is None:
             raise self.fail("Go is not installed; FerretDB is built from its Go module (install Go 1.24+)")
+        if self.settings.secure:
+            self._build_command(go)
+            return
         src = ensure_dir(self.binary.parent / "src")
         for name in ("go.mod", "go.sum", "main.go"):
             (src / name).write_bytes((ASSETS / name).read_bytes())
@@ -52,14 +86,60 @@ class FerretDBService(Service):
             (self.dir / "install.log").write_text(proc.stdout + proc.stderr)
             raise self.fail(f"go build of FerretDB {FERRETDB_VERSION} failed (see {self.dir / 'install.log'})")
 
+    def _build_command(self, go: str) -> None:
+        """Build FerretDB's own command: the embeddable package above cannot switch on its new authentication."""
+        proc = subprocess.run([go, "mod", "download", "-json", f"github.com/FerretDB/FerretDB@v{FERRETDB_VERSION}"],
+                              capture_output=True, text=True, cwd=ensure_dir(self.binary.parent))
+        if proc.returncode != 0:
+            raise self.fail(f"go mod download of FerretDB {FERRETDB_VERSION} failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+        src = self.binary.parent / "src"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(json.loads(proc.stdout)["Dir"], src)
+        for path in [src, *src.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)  # the module cache is read-only
+        # cmd/ferretdb panics at start unless build/version/version.txt names the version (FerretDB's
+        # release tooling writes it; a module download does not carry it).
+        (src / "build" / "version" / "version.txt").write_text(f"v{FERRETDB_VERSION}\n")
+        ensure_dir(self.dir)
+        proc = subprocess.run([go, "build", "-o", str(self.binary), "./cmd/ferretdb"], cwd=src, capture_output=True, text=True,
+                              env={**os.environ, "CGO_ENABLED": "0"})
+        if proc.returncode != 0:
+            (self.dir / "install.log").write_text(proc.stdout + proc.stderr)
+            raise self.fail(f"go build of FerretDB {FERRETDB_VERSION}'s command failed (see {self.dir / 'install.log'})")
+        shutil.rmtree(src, ignore_errors=True)
+
+    def prepare(self) -> None:
+        data = self.dir / "data"
+        if self.settings.secure and any(data.glob("*.sqlite")) and not (self.dir / AUTH_MARKER).exists():
+            raise self.fail(
+                f"its data ({data}) was created without authentication and has no admin user; "
+                "`fleetpulse stack down --wipe` (drops the twins) or another FLEETPULSE_STACK_STATE_DIR"
+            )
+
     def argv(self) -> list[str]:
         data = ensure_dir(self.dir / "data")
-        return [str(self.binary), "-listen-addr", f"{self.host}:{self.port}", "-sqlite-url", f"file:{data}/", "-log-level", "warn"]
+        if not self.settings.secure:
+            return [str(self.binary), "-listen-addr", f"{self.host}:{self.port}", "-sqlite-url", f"file:{data}/", "-log-level", "warn"]
+        server = ensure_pki(self.settings.pki_dir, [self.host]).certificate(SERVER)
+        return [
+            str(self.binary),
+            "--handler=sqlite", f"--sqlite-url=file:{data}/",
+            "--listen-addr=", f"--listen-tls={self.host}:{self.port}",
+            f"--listen-tls-cert-file={server.cert_file}", f"--listen-tls-key-file={server.key_file}",
+            # The first start creates the admin user (password from the environment, not argv).
+            "--test-enable-new-auth", f"--setup-username={ADMIN}", "--setup-database=admin",
+            "--telemetry=disable", "--debug-addr=-", "--log-level=warn", f"--state-dir={self.dir}",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        if not self.settings.secure:
+            return {}
+        return {"FERRETDB_SETUP_PASSWORD": IdentityStore(self.settings.identities_dir).password(ADMIN)}
 
     def round_trip(self) -> None:
         from pymongo import MongoClient
 
-        client = MongoClient(self.uri, serverSelectionTimeoutMS=1500, socketTimeoutMS=3000, connectTimeoutMS=1500)
+        client = MongoClient(self.uri_for(ADMIN), serverSelectionTimeoutMS=1500, socketTimeoutMS=3000, connectTimeoutMS=1500)
         try:
             client.admin.command("ping")
             health = client["fleetpulse_health"]["ping"]
@@ -77,14 +157,31 @@ class FerretDBService(Service):
     def after_ready(self) -> None:
         from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
 
+        if self.settings.secure:
+            (self.dir / AUTH_MARKER).touch()
+            self._ensure_users()
         self._ensure_collection(TWIN_DATABASE, TWIN_COLLECTION)
         ensure_id_lookup_indexes(self.dir / "data")
+
+    def _ensure_users(self) -> None:
+        """A user per service that uses MongoDB, with the store's password (set again if it differs)."""
+        from pymongo import MongoClient
+
+        store = IdentityStore(self.settings.identities_dir)
+        client = MongoClient(self.uri_for(ADMIN), serverSelectionTimeoutMS=1500, socketTimeoutMS=10000, connectTimeoutMS=1500)
+        try:
+            existing = {u["user"] for u in client.admin.command("usersInfo")["users"]}
+            for name in MONGODB_USERS:
+                command = "updateUser" if name in existing else "createUser"
+                client.admin.command(command, name, pwd=store.password(name), roles=[])
+        finally:
+            client.close()
 
     def _ensure_collection(self, database: str, collection: str) -> None:
         from pymongo import MongoClient
         from pymongo.errors import CollectionInvalid
 
-        client = MongoClient(self.uri, serverSelectionTimeoutMS=1500, socketTimeoutMS=10000, connectTimeoutMS=1500)
+        client = MongoClient(self.uri_for(ADMIN), serverSelectionTimeoutMS=1500, socketTimeoutMS=10000, connectTimeoutMS=1500)
         try:
             if collection not in client[database].list_collection_names():
                 try:
@@ -95,7 +192,8 @@ class FerretDBService(Service):
             client.close()
 
     def endpoint(self) -> dict:
-        return {"uri": self.uri, "server": f"FerretDB {FERRETDB_VERSION} (SQLite)"}
+        auth = {"auth": "SCRAM-SHA-256"} if self.settings.secure else {}
+        return {"uri": self.uri, "server": f"FerretDB {FERRETDB_VERSION} (SQLite)", **auth}
 
 
 # FerretDB 1.24's SQLite backend pushes a `{_id: <string>}` filter down as

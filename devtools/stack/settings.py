@@ -23,6 +23,23 @@ class StackSettings(LocalEndpoints):
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache/fleetpulse")
     kafka_heap: str = "1g"
     start_timeout_s: float = 90.0
+    secure: bool | None = None
+    """TLS, an identity per car and service, and ACLs (`stack up --secure`); None: as the stack was
+    last brought up (off for a new one)."""
+    mqtt_tls_port: int | None = None
+    """Mosquitto's first TLS port (broker i listens on it + i); default mqtt_port + 7000, MQTT's 1883 -> 8883."""
 
     def service_dir(self, name: str) -> Path:
         return self.state_dir / name
+
+    @property
+    def tls_port_base(self) -> int:
+        return self.mqtt_tls_port if self.mqtt_tls_port is not None else self.mqtt_port + 7000
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def identities_dir(self) -> Path:
+        return self.state_dir / "identities"
