@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -34,13 +35,15 @@ def _check_window(from_ts, to_ts, from_flag: str, to_flag: str) -> None:
 @click.option("--eval-to-ts", type=click.IntRange(min=0), default=None)
 @click.option("--eval-share", type=click.FloatRange(0.05, 0.95), default=0.3, show_default=True, help="Share of cars held out for evaluation (no eval window).")
 @click.option("--window", type=click.IntRange(2, 256), default=8, show_default=True, help="LSTM look-back window (events per car).")
-@click.option("--min-f1", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Refuse to publish a model below this F1.")
+@click.option("--min-f1", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Below this F1 the model is kept as a rejected version (never served) and the run fails.")
 @click.option("--runner", type=click.Choice(RUNNERS), default="kfp", show_default=True, help="kfp: kfp.local SubprocessRunner; direct: this process.")
+@click.option("--pipeline-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="kfp runner: keep the run's artifacts (metrics, confusion matrix and ROC, summary) here.")
 @click.option("--kafka-bootstrap-servers", default=None, help="Overrides FLEETPULSE_TRAIN_KAFKA_BOOTSTRAP_SERVERS.")
 @click.option("--bucket", default=None, help="Overrides FLEETPULSE_TRAIN_BUCKET.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line (the last line of stdout).")
 def train(model_type, epochs, topic, truth_topic, from_ts, to_ts, eval_from_ts, eval_to_ts, eval_share, window, min_f1,
-          runner, kafka_bootstrap_servers, bucket, as_json):
+          runner, pipeline_root, kafka_bootstrap_servers, bucket, as_json):
     """Train an anomaly model from Kafka through TensorFlow I/O, evaluate it on ground truth, publish it to GCS."""
     from components.settings import TrainSettings
     from components.kafka_dataset import require_kafka
@@ -59,7 +62,7 @@ def train(model_type, epochs, topic, truth_topic, from_ts, to_ts, eval_from_ts, 
             "model_type": model_type, "epochs": epochs, "from_ts": _unset(from_ts), "to_ts": _unset(to_ts),
             "eval_from_ts": _unset(eval_from_ts), "eval_to_ts": _unset(eval_to_ts), "eval_share": eval_share,
             "window": window, "min_f1": min_f1, "bucket": settings.bucket, "gcs_endpoint": settings.gcs_endpoint,
-        }, progress=_stderr)
+        }, progress=_stderr, pipeline_root=pipeline_root)
     else:
         from components import pipeline_local, steps
 
@@ -95,7 +98,7 @@ def _summary(result: dict, seconds: float) -> None:
     alerts = m.get("hysteresis", {})
     delay = alerts.get("median_detection_delay")
     click.echo(
-        f"published {result['model_uri']} (version {result['version']}) in {seconds:.0f}s from {result['records']} records: "
+        f"published {result['model_uri']} (version {result['version']}, {result['channel']}) in {seconds:.0f}s from {result['records']} records: "
         f"per reading F1 {m['f1']:.3f} precision {m['precision']:.3f} recall {m['recall']:.3f}; as alerts (serving hysteresis) "
         f"F1 {alerts.get('f1', float('nan')):.3f}, median delay {'n/a' if delay is None else f'{delay:g}'} events, "
         f"{alerts.get('false_alerts_per_1000_car_hours', float('nan')):.1f} false alerts/1000 car-h; "

@@ -9,7 +9,7 @@ since KFP parameters have no None. No `from __future__ import annotations`: KFP 
 
 
 from kfp import dsl
-from kfp.dsl import Input, Metrics, Model, Output
+from kfp.dsl import ClassificationMetrics, Input, Markdown, Metrics, Model, Output
 
 TRAINING_IMAGE = "ghcr.io/fleetpulse/training:0.1.0"
 
@@ -36,31 +36,34 @@ def train(kafka_bootstrap: str, topic: str, model_type: str, epochs: int, from_t
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def evaluate(train_info: str, truth_topic: str, eval_from_ts: int, eval_to_ts: int, min_f1: float,
-             trained: Input[Model], calibrated: Output[Model], metrics: Output[Metrics]) -> str:
-    """Calibrate the threshold on ground truth, log metrics, refuse models below min_f1; returns metrics JSON."""
+             trained: Input[Model], calibrated: Output[Model], metrics: Output[Metrics],
+             classification: Output[ClassificationMetrics], summary: Output[Markdown]) -> str:
+    """Calibrate the threshold on ground truth; log the figures, the confusion matrix and ROC, and the
+    reviewer's summary; returns metrics JSON, with whether F1 reached min_f1."""
     import json
     from pathlib import Path
 
-    from components.steps import evaluate_step
+    from components import models, steps
 
     out = Path(calibrated.path)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_step(Path(trained.path) / "model", json.loads(train_info), out, truth_topic,
-                           None if eval_from_ts < 0 else eval_from_ts, None if eval_to_ts < 0 else eval_to_ts,
-                           min_f1, progress=lambda m: print(m, flush=True))
-    for name in ("f1", "precision", "recall", "false_alerts_per_1000_car_hours", "threshold"):
-        metrics.log_metric(name, float(result[name]))
-    if result.get("median_detection_delay") is not None:
-        metrics.log_metric("median_detection_delay", float(result["median_detection_delay"]))
-    metrics.log_metric("baseline_robust_z_f1", float(result["baseline_robust_z"]["f1"]))
-    for mode, figures in result["per_mode"].items():
-        metrics.log_metric(f"f1_{mode}", float(figures["f1"]))
+    info = json.loads(train_info)
+    result = steps.evaluate_step(Path(trained.path) / "model", info, out, truth_topic,
+                                 None if eval_from_ts < 0 else eval_from_ts, None if eval_to_ts < 0 else eval_to_ts,
+                                 min_f1, progress=lambda m: print(m, flush=True))
+    for name, value in steps.scalar_metrics(result).items():
+        metrics.log_metric(name, value)
+    classification.log_confusion_matrix(steps.CATEGORIES, steps.confusion_matrix(result))
+    roc = result["roc"]
+    classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+    Path(summary.path).write_text(steps.review_markdown(models.MODEL_NAMES[info["model_type"]], result))
     return json.dumps(result)
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def publish(train_info: str, metrics_json: str, bucket: str, gcs_endpoint: str, calibrated: Input[Model]) -> str:
-    """Publish the calibrated SavedModel as the next version; returns {model_uri, version, ...} as JSON."""
+    """Publish the calibrated SavedModel as the next version, on its channel (rejected below the gate);
+    returns {model_uri, version, channel, ...} as JSON."""
     import json
     from pathlib import Path
 
@@ -71,3 +74,13 @@ def publish(train_info: str, metrics_json: str, bucket: str, gcs_endpoint: str, 
     published = publish_step(Path(calibrated.path) / "model", info, metrics, bucket, gcs_endpoint or None,
                              progress=lambda m: print(m, flush=True))
     return dumps(result_summary(published, info, metrics))
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def gate(published: str) -> None:
+    """Fail the run if the model fell below min_f1 (publish has kept it as a rejected version)."""
+    import json
+
+    from components.steps import gate_step
+
+    gate_step(json.loads(published))

@@ -1,7 +1,8 @@
-"""Publish a calibrated SavedModel as the next integer version of a model in the GCS bucket."""
+"""Publish a calibrated SavedModel as the next integer version of a model in the GCS bucket, on its channel."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,11 +23,9 @@ def code_version() -> str:
     return f"{fleetpulse.__version__}+{sha}" if sha else fleetpulse.__version__
 
 
-def publish(saved_model_dir: Path, model_name: str, metadata: dict, bucket: str, gcs_endpoint: str | None) -> model_store.ModelVersion:
-    """Claim the next version (generation precondition), upload, write metadata.json last.
-
-    A failure mid-upload leaves a claimed prefix without metadata.json, which readers ignore.
-    """
+@contextlib.contextmanager
+def gcs_bucket(bucket: str, gcs_endpoint: str | None):
+    """A client for ``bucket``, checked to exist; GCS errors inside the block become one BrokerUnavailable line."""
     from google.api_core.exceptions import GoogleAPIError
     from requests.exceptions import ConnectionError as RequestsConnectionError
 
@@ -39,8 +38,22 @@ def publish(saved_model_dir: Path, model_name: str, metadata: dict, bucket: str,
     try:
         if not client.bucket(bucket).exists():
             raise BrokerUnavailable(f"{where} does not exist")
-        version = model_store.claim_next_version(client, bucket, model_name)
-        model_store.publish(client, version, Path(saved_model_dir), metadata)
+        yield client
     except (GoogleAPIError, RequestsConnectionError) as exc:
         raise BrokerUnavailable(f"{where} is unreachable: {str(exc).splitlines()[0][:200]}") from None
-    return version
+
+
+def publish(saved_model_dir: Path, model_name: str, metadata: dict, bucket: str, gcs_endpoint: str | None,
+            rejected: str | None = None) -> tuple[model_store.ModelVersion, str]:
+    """Claim the next version (generation precondition), upload, write metadata.json last, then put it
+    on a channel; returns the version and its channel.
+
+    A failure mid-upload leaves a claimed prefix without metadata.json, which readers ignore. A version
+    that passed its gate becomes the candidate (stable when the model has none); one that failed it
+    (``rejected`` says why) is kept with its metrics, marked rejected.
+    """
+    with gcs_bucket(bucket, gcs_endpoint) as client:
+        version = model_store.claim_next_version(client, bucket, model_name)
+        model_store.publish(client, version, Path(saved_model_dir), metadata, rejected=rejected)
+        channel = model_store.REJECTED if rejected is not None else model_store.release(client, version)
+    return version, channel

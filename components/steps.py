@@ -1,7 +1,10 @@
-"""The pipeline's three steps as plain functions: train, evaluate, publish.
+"""The pipeline's steps as plain functions: train, evaluate, publish, and the gate that fails a run
+whose model fell below its floor (after publish has kept it, rejected).
 
 The KFP components (kfp_components.py) and the direct runner (pipeline_local.py) both call these;
-each step reads its inputs from arguments and directories and returns JSON-able dicts.
+each step reads its inputs from arguments and directories and returns JSON-able dicts. What the
+Kubeflow UI shows of an evaluation (confusion matrix, ROC, the reviewer's summary) is built here too,
+from the figures fleetpulse.evaluation computed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from components import features, models
-from components.evaluate import ZScoreBaseline, evaluate_scores
+from components.evaluate import ZScoreBaseline, calibration_half, evaluate_scores
 from components.kafka_dataset import (
     Window,
     WindowError,
@@ -28,13 +31,13 @@ from components.kafka_dataset import (
 )
 from fleetpulse.contract import CARDATA_V1_ID, SENSOR_FIELDS
 from fleetpulse.errors import FleetPulseError
-from fleetpulse.evaluation import label
+from fleetpulse.evaluation import Counts, label
 
 Progress = Callable[[str], None]
 
 
 class QualityGateFailed(FleetPulseError):
-    """The evaluated model is below the F1 floor; it is not published."""
+    """The evaluated model is below the F1 floor; it is kept as a rejected version, never served."""
 
 
 @dataclass
@@ -123,7 +126,8 @@ def evaluate_step(model_dir: Path, train_info: dict, out_dir: Path, truth_topic:
                   progress: Progress = _quiet) -> dict:
     """Score held-out events, calibrate the threshold on labels, write out_dir/model with it set.
 
-    Raises QualityGateFailed (after writing metrics) when F1 < min_f1.
+    The metrics say whether F1 reached ``min_f1`` (``gate``); a model below it is still returned, so
+    that publish keeps it as a rejected version and gate_step then fails the run.
     """
     bootstrap = train_info["kafka"]["bootstrap"]
     if eval_from_ts is not None or eval_to_ts is not None:
@@ -148,13 +152,112 @@ def evaluate_step(model_dir: Path, train_info: dict, out_dir: Path, truth_topic:
     threshold, metrics = evaluate_scores(scores, baseline, keys, lab)
     metrics["undecodable"] = train_info["undecodable"] + recs.undecodable
     metrics["eval_window"] = window.to_json()
+    metrics["gate"] = {"metric": "f1", "min": min_f1, "value": metrics["f1"], "passed": bool(metrics["f1"] >= min_f1)}
+    # The same events the figures describe: evaluate_scores reports on the half it did not calibrate on.
+    report = ~calibration_half(keys) if metrics["calibrated_on"] == "half" else np.ones(len(keys), bool)
+    metrics["roc"] = roc_curve(scores[report], lab.failing[report], threshold)
     models.set_threshold(model_dir, threshold, Path(out_dir) / "model")
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     progress(f"evaluate: F1 {metrics['f1']:.3f} precision {metrics['precision']:.3f} recall {metrics['recall']:.3f} "
-             f"threshold {threshold:.4g} (baseline robust-z F1 {metrics['baseline_robust_z']['f1']:.3f})")
-    if metrics["f1"] < min_f1:
-        raise QualityGateFailed(f"F1 {metrics['f1']:.3f} is below the floor --min-f1 {min_f1}; model not published")
+             f"threshold {threshold:.4g} (baseline robust-z F1 {metrics['baseline_robust_z']['f1']:.3f}); "
+             f"gate F1 >= {min_f1}: {'passed' if metrics['gate']['passed'] else 'FAILED'}")
     return metrics
+
+
+ROC_POINTS = 101
+"""Enough for the UI's curve; a point per distinct score would be one per event on a large fleet."""
+
+
+def roc_curve(scores: np.ndarray, failing: np.ndarray, threshold: float, points: int = ROC_POINTS) -> dict:
+    """Per event: false positive rate and recall at up to ``points`` finite thresholds, highest first
+    (score quantiles, the calibrated threshold, and one below every score, where both rates are 1)."""
+    finite = scores[np.isfinite(scores)]
+    # Cuts in the scores' own dtype, as the flags compare them: a float64 cut just below the lowest
+    # float32 score would round up to it and leave that score unflagged.
+    below_all = np.nextafter(finite.min(), np.array(-np.inf, finite.dtype))
+    cuts = np.r_[np.quantile(finite, np.linspace(0.0, 1.0, points - 2)), threshold, below_all].astype(finite.dtype)
+    cuts = np.unique(cuts[np.isfinite(cuts)])[::-1]
+    fpr, tpr = [], []
+    for cut in cuts.tolist():
+        c = Counts.of(scores > cut, failing)
+        fpr.append(c.fp / (c.fp + c.tn) if c.fp + c.tn else 0.0)
+        tpr.append(c.recall)
+    return {"thresholds": cuts.tolist(), "fpr": fpr, "tpr": tpr}
+
+
+CATEGORIES = ["ok", "failing"]
+
+
+def confusion_matrix(metrics: dict) -> list[list[int]]:
+    """Events by truth (rows) and flag at the calibrated threshold (columns), in CATEGORIES order."""
+    return [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]]
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The figures a KFP Metrics artifact shows, one number each."""
+    alerts, base = metrics["hysteresis"], metrics["baseline_robust_z"]
+    out = {name: float(metrics[name]) for name in ("f1", "precision", "recall", "false_alerts_per_1000_car_hours", "threshold")}
+    if metrics.get("median_detection_delay") is not None:
+        out["median_detection_delay"] = float(metrics["median_detection_delay"])
+    out["alert_f1"] = float(alerts["f1"])
+    out["alert_false_alerts_per_1000_car_hours"] = float(alerts["false_alerts_per_1000_car_hours"])
+    out["baseline_robust_z_f1"] = float(base["f1"])
+    for mode, figures in metrics["per_mode"].items():
+        out[f"f1_{mode}"] = float(figures["f1"])
+        out[f"recall_{mode}"] = float(figures["recall"])
+    out["gate_passed"] = float(metrics["gate"]["passed"])
+    return out
+
+
+def _delay(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g}"
+
+
+def review_markdown(model: str, metrics: dict) -> str:
+    """The evaluation summary a reviewer reads before approving a version."""
+    gate, alerts, base = metrics["gate"], metrics["hysteresis"], metrics["baseline_robust_z"]
+    verdict = "passed" if gate["passed"] else "FAILED"
+    fate = ("publish makes it the candidate (stable if the model has none); it serves once promoted" if gate["passed"]
+            else "publish keeps it as a rejected version with these metrics; it never serves")  # fmt: skip
+    equal = base["at_model_recall"]
+    lines = [
+        f"# {model}: evaluation, gate {verdict}",
+        "",
+        f"**Gate**: per-reading F1 {gate['value']:.3f} {'>=' if gate['passed'] else '<'} {gate['min']:g}: **{verdict}**; {fate}.",
+        "",
+        "| | per reading | as alerts (serving hysteresis) | robust z-score baseline |",
+        "|---|---|---|---|",
+        f"| F1 | {metrics['f1']:.3f} | **{alerts['f1']:.3f}** | {base['f1']:.3f} |",
+        f"| precision | {metrics['precision']:.3f} | {alerts['precision']:.3f} | {base['precision']:.3f} |",
+        f"| recall | {metrics['recall']:.3f} | {alerts['recall']:.3f} | {base['recall']:.3f} |",
+        f"| false alerts per 1,000 car-hours | {metrics['false_alerts_per_1000_car_hours']:.2f} | "
+        f"**{alerts['false_alerts_per_1000_car_hours']:.2f}** | {base['false_alerts_per_1000_car_hours']:.2f} |",
+        f"| median detection delay (events) | {_delay(metrics['median_detection_delay'])} | "
+        f"{_delay(alerts['median_detection_delay'])} | {_delay(base['median_detection_delay'])} |",
+        "",
+        f"At the model's recall the baseline raises {equal['false_alerts_per_1000_car_hours']:.2f} false alerts per "
+        f"1,000 car-hours against the model's {metrics['false_alerts_per_1000_car_hours']:.2f}: the model "
+        f"{'beats' if metrics['beats_baseline_false_alerts_at_equal_recall'] else 'does not beat'} the baseline.",
+        "",
+        "## Recall per failure mode",
+        "",
+        "| mode | cars | events | recall | as alerts | F1 | median delay (events) | failures detected / missed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, m in metrics["per_mode"].items():
+        a = alerts["per_mode"].get(mode, {})
+        lines.append(f"| {mode} | {m['cars']} | {m['events']} | {m['recall']:.3f} | {a.get('recall', float('nan')):.3f} | "
+                     f"{m['f1']:.3f} | {_delay(m['median_detection_delay'])} | {m['failures_detected']} / {m['failures_missed']} |")
+    lines += [
+        "",
+        "## What was measured",
+        "",
+        f"{metrics['events']} events of {metrics['cars']} held-out cars ({metrics['car_hours']:.1f} car-hours), threshold "
+        f"{metrics['threshold']:.4g} calibrated on {'the other half of the held-out cars' if metrics['calibrated_on'] == 'half' else 'these same cars (too few failing cars to split)'}; "
+        f"{metrics['undecodable']} undecodable records skipped.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def model_metadata(train_info: dict, metrics: dict) -> dict:
@@ -183,9 +286,20 @@ def model_metadata(train_info: dict, metrics: dict) -> dict:
 
 def publish_step(model_dir: Path, train_info: dict, metrics: dict, bucket: str, gcs_endpoint: str | None,
                  progress: Progress = _quiet) -> dict:
+    """Publish the calibrated model: on a channel if it passed its gate, else kept as rejected."""
     from components.publish import publish
 
     meta = model_metadata(train_info, metrics)
-    version = publish(Path(model_dir), meta["model"], meta, bucket, gcs_endpoint)
-    progress(f"publish: {version.uri}")
-    return {"model_uri": version.uri, "version": version.version, "model": meta["model"]}
+    gate = metrics["gate"]
+    rejected = None if gate["passed"] else f"F1 {gate['value']:.3f} below the gate {gate['min']:g}"
+    version, channel = publish(Path(model_dir), meta["model"], meta, bucket, gcs_endpoint, rejected=rejected)
+    progress(f"publish: {version.uri} ({channel})")
+    return {"model_uri": version.uri, "version": version.version, "model": meta["model"], "channel": channel}
+
+
+def gate_step(result: dict) -> None:
+    """Fail the run whose model fell below its floor; publish has already kept it, rejected."""
+    gate = result["metrics"]["gate"]
+    if not gate["passed"]:
+        raise QualityGateFailed(f"F1 {gate['value']:.3f} is below the floor --min-f1 {gate['min']}; "
+                                f"kept as rejected version {result['version']} of {result['model']}, never served")

@@ -1,4 +1,4 @@
-"""car_anomaly_training: Kafka -> TF-IO -> train -> evaluate on ground truth -> publish to GCS.
+"""car_anomaly_training: Kafka -> TF-IO -> train -> evaluate on ground truth -> publish to GCS -> gate.
 
 Compile with ``.venv/bin/python kubeflow/pipeline.py`` (writes kubeflow/pipeline.yaml, the file a
 user uploads in the Kubeflow Pipelines UI; tests fail if it is stale). ``fleetpulse train`` runs the
@@ -15,8 +15,24 @@ from components import kfp_components as steps
 COMPILED = Path(__file__).with_name("pipeline.yaml")
 
 
+def _uncached_with_retries(task) -> None:
+    """For the steps that read Kafka (train, evaluate) or write GCS (publish).
+
+    Never cached: with the default from_ts/to_ts of -1 the window is resolved inside the step, so the
+    cache key would never change and a second run would reuse the first run's model and publish
+    nothing new; and even a resolved window names offsets, not data (a topic re-created under the same
+    name, retention moving its start, ground truth read to its end). Training is minutes, a wrong
+    cache hit is a silent stale model. Publish, a side effect, must run whenever it is reached.
+    Retried with backoff for broker and storage outages; a retried publish claims a fresh version
+    (an interrupted one stays incomplete, invisible to readers).
+    """
+    task.set_caching_options(False)
+    task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
+
+
 @dsl.pipeline(name="car-anomaly-training", description="Train a car anomaly model from Kafka through TensorFlow I/O, "
-              "evaluate it against the simulator's ground truth, publish a versioned SavedModel to GCS.")
+              "evaluate it against the simulator's ground truth, publish a versioned SavedModel to GCS as the candidate "
+              "(stable if the model has none; kept as rejected below min_f1).")
 def car_anomaly_training(
     kafka_bootstrap: str = "kafka-kafka-bootstrap.fleetpulse.svc:9092",
     topic: str = "sensor-data",
@@ -43,6 +59,13 @@ def car_anomaly_training(
     published = steps.publish(train_info=trained.outputs["Output"], metrics_json=evaluated.outputs["Output"], bucket=bucket,
                               gcs_endpoint=gcs_endpoint, calibrated=evaluated.outputs["calibrated"])
     published.set_display_name("publish")
+    for task in (trained, evaluated, published):
+        _uncached_with_retries(task)
+    gated = steps.gate(published=published.output)
+    gated.set_display_name("gate")
+    # No retries: its failure is the verdict, not an outage. Uncached like every step, so that no task
+    # of this pipeline is ever answered from a cache.
+    gated.set_caching_options(False)
     return published.output
 
 

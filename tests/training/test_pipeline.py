@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +36,7 @@ def test_trained_model_publishes_and_plain_tf_load_flags_failing_car_not_healthy
     result = run(settings, params, truth_topic=fleet_topics.truth_topic)
 
     assert result["model_uri"] == f"gs://{model_bucket}/car-anomaly/1/" and result["version"] == 1
+    assert result["channel"] == model_store.STABLE  # the model's first version: nothing else could serve
     assert result["records"] == 24_000
     # 400 simulated cars, 60 events each: the held-out report half has ~70 cars, ~4 of them failing.
     # The goal figures (F1 >= 0.95) are measured at demo scale; this checks the pipeline learns.
@@ -65,29 +64,22 @@ def test_trained_model_publishes_and_plain_tf_load_flags_failing_car_not_healthy
     assert not well["anomaly"].numpy().any() and (well["score"].numpy() < meta["threshold"]).all()
 
 
-@pytest.mark.slow
-def test_lstm_runs_through_kfp_local_and_cli_json_is_the_last_stdout_line(fleet_topics, model_bucket, gcs_endpoint):
-    env = {**os.environ, "FLEETPULSE_TRAIN_GCS_ENDPOINT": gcs_endpoint, "FLEETPULSE_TRAIN_KAFKA_BOOTSTRAP_SERVERS": fleet_topics.bootstrap}
-    out = subprocess.run([FP, "train", "--model", "lstm", "--epochs", "3", "--topic", fleet_topics.topic, "--truth-topic",
-                          fleet_topics.truth_topic, "--bucket", model_bucket, "--json"], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["model_uri"] == f"gs://{model_bucket}/car-anomaly-lstm/1/" and result["version"] == 1
-    assert result["records"] == 24_000
-    assert {"f1", "precision", "recall"} <= result["metrics"].keys()
-    assert "train: epoch 3/3" in out.stderr and "kfp.local: step publish succeeded" in out.stderr
+def test_quality_gate_keeps_a_model_below_min_f1_as_rejected_and_fails_the_run(make_fleet_topics, model_bucket, gcs_endpoint, tmp_path):
+    from components.pipeline_local import run
+    from components.settings import TrainSettings
 
-    meta = model_store.read_metadata(gcs_client(gcs_endpoint), model_store.ModelVersion(model_bucket, "car-anomaly-lstm", 1))
-    assert meta["model_type"] == "lstm" and meta["window"] == 8
-
-
-def test_quality_gate_refuses_to_publish_below_min_f1(make_fleet_topics, tmp_path):
     ft = make_fleet_topics(n_cars=20, n_events=60)
-    info = _train(ft, tmp_path / "train", epochs=1)
-    (tmp_path / "eval").mkdir()
-    with pytest.raises(steps.QualityGateFailed, match="below the floor --min-f1 1.0"):
-        steps.evaluate_step(tmp_path / "train" / "model", info, tmp_path / "eval", ft.truth_topic, min_f1=1.0 + 1e-9)
-    assert (tmp_path / "eval" / "metrics.json").exists()
+    settings = TrainSettings(kafka_bootstrap_servers=ft.bootstrap, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
+    params = steps.TrainParams(ft.bootstrap, ft.topic, models.AUTOENCODER, epochs=1)
+    with pytest.raises(steps.QualityGateFailed, match="below the floor --min-f1 1.0.*; kept as rejected version 1 of car-anomaly"):
+        run(settings, params, ft.truth_topic, min_f1=1.0 + 1e-9, work_dir=tmp_path)
+    assert (tmp_path / "evaluate" / "metrics.json").exists()
+
+    client = gcs_client(gcs_endpoint)
+    [entry] = model_store.catalog(client, model_bucket, "car-anomaly")
+    assert entry.channel == model_store.REJECTED and entry.reason.startswith("F1 ")
+    assert entry.metadata["metrics"]["gate"] == {"metric": "f1", "min": 1.0 + 1e-9, "value": entry.metadata["metrics"]["f1"], "passed": False}
+    assert model_store.latest_version(client, model_bucket, "car-anomaly") is None
 
 
 def test_unreachable_gcs_fails_clearly_and_publishes_nothing(tmp_path, unique):
@@ -105,6 +97,31 @@ def test_committed_pipeline_yaml_is_what_pipeline_py_compiles_to(tmp_path):
     committed = (ROOT / "kubeflow" / "pipeline.yaml").read_text()
     assert fresh == committed, "kubeflow/pipeline.yaml is stale: run .venv/bin/python kubeflow/pipeline.py and commit it"
     assert "ghcr.io/fleetpulse/training:0.1.0" in committed and "pip install" not in committed
+
+
+def _compiled_tasks() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "kubeflow" / "pipeline.yaml").read_text())["root"]["dag"]["tasks"]
+
+
+KAFKA_STEPS, GCS_STEPS, PURE_STEPS = {"train", "evaluate"}, {"publish"}, {"gate"}
+
+
+def test_compiled_pipeline_caches_no_step_that_reads_kafka_or_writes_gcs():
+    tasks = _compiled_tasks()
+    assert set(tasks) == KAFKA_STEPS | GCS_STEPS | PURE_STEPS, "a new step: say whether it reads Kafka or writes GCS"
+    for name in KAFKA_STEPS | GCS_STEPS:
+        assert tasks[name].get("cachingOptions", {}).get("enableCache", False) is False, name
+
+
+def test_compiled_pipeline_retries_kafka_and_gcs_steps_with_backoff_but_not_the_gate():
+    tasks = _compiled_tasks()
+    for name in KAFKA_STEPS | GCS_STEPS:
+        policy = tasks[name]["retryPolicy"]
+        assert policy["maxRetryCount"] >= 2 and policy["backoffFactor"] > 1, name
+        assert int(policy["backoffDuration"].rstrip("s")) >= 10, name
+    assert "retryPolicy" not in tasks["gate"]
 
 
 def test_kubeflow_folder_is_not_a_python_package():
