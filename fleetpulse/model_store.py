@@ -158,7 +158,8 @@ class Channels:
         return REJECTED if version in self.rejected else RETIRED
 
     def release(self, version: int) -> "Channels":
-        """A version that passed its offline gate: the candidate, or stable if there is none yet."""
+        """A version that passed its offline gate: the candidate, or stable if there is none yet. A
+        newer candidate replaces an untried one, which retires without a verdict."""
         self._not_rejected(version)
         if self.stable is None:
             return replace(self, stable=version)
