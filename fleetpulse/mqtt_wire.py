@@ -1,5 +1,6 @@
-"""MQTT wire encoding for the project's raw-socket clients: the simulator (an MQTT 3.1.1 publisher),
-the bridge (an MQTT 5 subscriber) and the load generators that stand in for either.
+"""MQTT wire encoding for the project's raw-socket clients: the simulator (an MQTT 5 publisher, so a
+PUBACK can say a message reached no subscriber), the bridge (an MQTT 5 subscriber) and the load
+generators that stand in for either.
 
 Only the subset those clients send and read. The two versions differ here only in CONNECT (protocol
 level, MQTT 5 properties) and in the property-length field MQTT 5 adds to PUBLISH and SUBSCRIBE, so
@@ -9,10 +10,10 @@ those builders take ``protocol``. The hot paths avoid per-message Python:
   packets as parallel lists (topic, payload, packet id), a few slices per message: paho reads every
   packet with several recv() calls and builds an object and a callback per message, which is what
   the naive baseline in bench/bridge.py measures.
-- ``PublishBuilder`` (the simulator) builds a batch of MQTT 3.1.1 PUBLISH packets as one numpy array:
+- ``PublishBuilder`` (the simulator) builds a batch of PUBLISH packets as one numpy array:
   with every car's topic the same length (all ids up to electric-vehicle-99999) and every payload the
-  63-byte cardata layout, each packet is a fixed-size row (fixed header + topic [+ packet id] +
-  payload), so a batch is a few numpy copies and one ``tobytes()``. Anything else (an odd-length
+  63-byte cardata layout, each packet is a fixed-size row (fixed header + topic [+ packet id]
+  [+ MQTT 5's empty property length] + payload), so a batch is a few numpy copies and one ``tobytes()``. Anything else (an odd-length
   topic or payload) takes the exact per-packet ``publish_packet``.
 """
 
@@ -50,6 +51,24 @@ CONNECT_RETURN_CODES = {
     5: "not authorised",
 }
 """MQTT 3.1.1 CONNACK return codes (MQTT 5 reason codes for a refusal are 0x80 and above)."""
+
+CONNACK_REASONS_5 = {
+    0x80: "unspecified error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorised",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x97: "quota exceeded",
+}
+"""The MQTT 5 CONNACK refusals a broker is likely to send, by reason code."""
+
+NO_MATCHING_SUBSCRIBERS = 0x10
+"""MQTT 5 PUBACK reason: accepted, but no subscription matched, so the broker dropped the message.
+Mosquitto 2.0.11 answers it for a shared subscription whose persistent members are all offline after
+a broker restart (it restores their subscriptions only when they resubscribe)."""
 
 _PUBACK = struct.Struct(">BBH")
 
@@ -130,6 +149,17 @@ def puback_packets(packet_ids: list[int]) -> bytes:
     return b"".join([pack(0x40, 2, pid) for pid in packet_ids])
 
 
+def parse_puback(body: bytes) -> tuple[int, int]:
+    """(packet id, reason code) of a PUBACK body; MQTT 3.1.1 and MQTT 5's short form mean Success (0)."""
+    return (body[0] << 8) | body[1], body[2] if len(body) > 2 else 0
+
+
+def puback_delivered(reason: int) -> bool:
+    """Whether a PUBACK reason means the broker has the message for a subscriber: not when no
+    subscription matched (the message is gone) and not for a refusal (0x80 and above)."""
+    return reason < 0x80 and reason != NO_MATCHING_SUBSCRIBERS
+
+
 def disconnect(sock: socket.socket) -> None:
     """Send DISCONNECT if the connection still takes it, then close the socket."""
     with suppress(OSError):  # a peer that is already gone needs no goodbye
@@ -138,9 +168,11 @@ def disconnect(sock: socket.socket) -> None:
 
 
 class PublishBuilder:
-    """Builds concatenated MQTT 3.1.1 PUBLISH packets for rows of cars, given their topics."""
+    """Builds concatenated PUBLISH packets (MQTT 3.1.1 or 5, no properties) for rows of cars, given their topics."""
 
-    def __init__(self, topics: Sequence[str]):
+    def __init__(self, topics: Sequence[str], protocol: int = MQTT_3_1_1):
+        self.protocol = protocol
+        self.props = 1 if protocol == MQTT_5 else 0  # MQTT 5's property length byte (no properties)
         self.topics = [t.encode() for t in topics]
         lengths = {len(t) for t in self.topics}
         self.uniform = len(lengths) == 1
@@ -157,18 +189,18 @@ class PublishBuilder:
             if all(len(p) == plen for p in payloads):
                 return self._build_rows(cars, b"".join(payloads), plen, qos, pids), self._size(plen, qos)
         parts = [
-            publish_packet(self.topics[c], p, qos, int(pids[i]) if qos else 0, protocol=MQTT_3_1_1)
+            publish_packet(self.topics[c], p, qos, int(pids[i]) if qos else 0, protocol=self.protocol)
             for i, (c, p) in enumerate(zip(cars.tolist(), payloads))
         ]
         return b"".join(parts), 0
 
     def _size(self, plen: int, qos: int) -> int:
-        rem = 2 + self.tlen + (2 if qos else 0) + plen
+        rem = 2 + self.tlen + (2 if qos else 0) + self.props + plen
         return 1 + len(varint(rem)) + rem
 
     def _build_rows(self, cars: np.ndarray, flat: bytes, plen: int, qos: int, pids) -> bytes:
         n = len(cars)
-        rem = 2 + self.tlen + (2 if qos else 0) + plen
+        rem = 2 + self.tlen + (2 if qos else 0) + self.props + plen
         head = bytes([(PUBLISH << 4) | (qos << 1)]) + varint(rem) + struct.pack(">H", self.tlen)
         rows = np.empty((n, len(head) + rem - 2), dtype=np.uint8)
         h = len(head)
@@ -179,6 +211,9 @@ class PublishBuilder:
             rows[:, at] = pids >> 8
             rows[:, at + 1] = pids & 0xFF
             at += 2
+        if self.props:
+            rows[:, at] = 0
+            at += 1
         rows[:, at:] = np.frombuffer(flat, dtype=np.uint8).reshape(n, plen)
         return rows.tobytes()
 

@@ -77,11 +77,13 @@ class Metrics:
         self.sent = Gauge("fleetpulse_simulator_events_sent", "Events published")
         self.errors = Gauge("fleetpulse_simulator_errors", "Events dropped (QoS 0) or unacked (QoS 1)")
         self.connections = Gauge("fleetpulse_simulator_open_connections", "Open MQTT connections")
+        self.not_routed = Gauge("fleetpulse_simulator_not_routed", "QoS 1 PUBACKs that said not delivered (no subscriber, refused); each published again")
 
     def update(self, snapshots: list[dict]) -> None:
         self.sent.set(sum(s["events_sent"] for s in snapshots))
         self.errors.set(sum(s["dropped"] + s["unacked"] for s in snapshots))
         self.connections.set(sum(s["open_connections"] for s in snapshots))
+        self.not_routed.set(sum(s["not_routed"] for s in snapshots))
 
 
 def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_records: int) -> dict:
@@ -100,6 +102,7 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
         "dropped": sum(r["dropped"] for r in results),
         "unacked": sum(r["unacked"] for r in results),
         "acked": sum(r["acked"] for r in results),
+        "not_routed": sum(r["not_routed"] for r in results),
         "resent": sum(r["resent"] for r in results),
         "reconnects": sum(r["reconnects"] for r in results),
         "connections": sum(r["connections"] for r in results),
@@ -191,6 +194,6 @@ def _human(s: dict) -> str:
     return (
         f"simulated {s['cars']:,} cars: {s['events_sent']:,} events in {s['duration_s']:.1f}s "
         f"({s['events_per_s']:,.0f} ev/s, {s['car_hours']:,.1f} car-hours) over {s['connections']:,} connections at QoS {s['qos']}; "
-        f"errors {s['errors']:,}, reconnects {s['reconnects']}, rss {s['rss_mb']:.0f} MB; failing cars: {failing}; "
+        f"errors {s['errors']:,}, not routed (published again) {s['not_routed']:,}, reconnects {s['reconnects']}, rss {s['rss_mb']:.0f} MB; failing cars: {failing}; "
         f"truth records {s['truth_records']:,}"
     )

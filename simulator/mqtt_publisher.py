@@ -1,9 +1,15 @@
-"""Publish-only MQTT 3.1.1 connections on asyncio that take pre-built PUBLISH batches.
+"""Publish-only MQTT 5 connections on asyncio that take pre-built PUBLISH batches.
 
 One ``Connection`` per MQTT session; many cars may share one. It checks CONNACK, pings every
 keepalive/2 and drops a connection that stays silent for two keepalives, reconnects with backoff
 when the broker goes away, and at QoS 1 keeps every PUBLISH until its PUBACK arrives and resends the
 unacked ones (DUP set, same packet id) after a reconnect, so nothing published is lost.
+
+MQTT 5, not 3.1.1, because only an MQTT 5 PUBACK can say "no matching subscribers" (0x10): Mosquitto
+2.0.11 drops a message for a shared subscription whose persistent members are offline after a broker
+restart, and acknowledges it all the same. Such a PUBACK (and any refusal, 0x80 and above) is not a
+delivery: the packet stays in flight, counted in ``not_routed``, and is published again with backoff
+until a subscriber takes it.
 
 paho-mqtt costs 10-20 us of Python per publish(); here a batch of a block's packets is one
 ``transport.write`` and per-message Python is limited to QoS 1 bookkeeping (a dict entry per packet).
@@ -24,13 +30,15 @@ from fleetpulse.retry import Backoff
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux; Python 3.12 names it
 QOS1_WINDOW = 20_000
-"""Max unacked QoS 1 packets per connection: keeps 16-bit packet ids unique (acks come in order)."""
+"""Max unacked QoS 1 packets per connection (the broker's Receive Maximum may lower it): keeps 16-bit
+packet ids unique (acks come in order, and not-routed packets are published again together)."""
 
 
 @dataclass
 class PublishStats:
     sent: int = 0  # PUBLISH packets written (QoS 1: first transmission)
-    acked: int = 0
+    acked: int = 0  # PUBACKs that mean delivered
+    not_routed: int = 0  # PUBACKs that do not (no matching subscribers, or a refusal); each is published again
     dropped: int = 0  # QoS 0 packets that found their connection down
     resent: int = 0
     reconnects: int = 0
@@ -56,7 +64,11 @@ class Connection(asyncio.Protocol):
         self.connected = False
         self.closing = False
         self.inflight: dict[int, bytes] = {}  # pid -> packet, insertion (= send) order
+        self.window = QOS1_WINDOW  # lowered to the broker's Receive Maximum at CONNACK
         self.next_pid = 1
+        self.unrouted: list[int] = []  # pids whose PUBACK said not delivered, waiting for their next publish
+        self._republish_at: asyncio.TimerHandle | None = None
+        self._republish_backoff = Backoff(initial=0.1, maximum=2.0)
         self._buf = bytearray()
         self._connack: asyncio.Future | None = None
         self._ready = asyncio.Event()  # not paused and the QoS 1 window has room
@@ -82,12 +94,39 @@ class Connection(asyncio.Protocol):
         inflight = self.inflight
         for ptype, _flags, body in packets:
             if ptype == wire.PUBACK:
-                if inflight.pop((body[0] << 8) | body[1], None) is not None:
-                    self.stats.acked += 1
+                pid, reason = wire.parse_puback(body)
+                if wire.puback_delivered(reason):
+                    if inflight.pop(pid, None) is not None:
+                        self.stats.acked += 1
+                elif pid in inflight:
+                    self._not_routed(pid, reason)
             elif ptype == wire.CONNACK and self._connack is not None and not self._connack.done():
-                self._connack.set_result(body[1])
+                self._connack.set_result(body)
+            elif ptype == wire.DISCONNECT:
+                self.stats.last_error = f"{self.client_id}: broker sent DISCONNECT (reason {body[0] if body else 0:#04x})"
         if packets:
+            self._delivering_again()
             self._update_ready()
+
+    def _delivering_again(self) -> None:
+        if self._republish_backoff.attempts and not self.unrouted:
+            self._republish_backoff.reset()  # the next outage starts from a short delay again
+
+    def _not_routed(self, pid: int, reason: int) -> None:
+        self.stats.not_routed += 1
+        self.stats.last_error = f"{self.client_id}: PUBACK reason {reason:#04x} (not delivered); publishing again"
+        self.unrouted.append(pid)
+        if self._republish_at is None:
+            delay = self._republish_backoff.next_delay()
+            self._republish_at = asyncio.get_running_loop().call_later(delay, self._republish)
+
+    def _republish(self) -> None:
+        """Publish the not-routed packets again (same packet ids: the broker released them with its PUBACK)."""
+        self._republish_at = None
+        pids, self.unrouted = self.unrouted, []
+        if self.connected:  # otherwise the reconnect resends everything in flight
+            self.transport.write(b"".join(self.inflight[p] for p in pids if p in self.inflight))
+            self.stats.resent += len(pids)
 
     def _acks_only(self) -> bool:
         """At QoS 1 the broker sends back nothing but 4-byte PUBACKs: handle a run of them at once."""
@@ -104,6 +143,7 @@ class Connection(asyncio.Protocol):
         for pid in pids:
             pop(pid, None)
         self.stats.acked += before - len(self.inflight)
+        self._delivering_again()
         return True
 
     def connection_lost(self, exc):
@@ -147,19 +187,26 @@ class Connection(asyncio.Protocol):
         except BaseException:
             sock.close()
             raise
-        self.transport.write(wire.connect_packet(self.client_id, protocol=wire.MQTT_3_1_1, keepalive_s=self.keepalive_s))
+        self.transport.write(wire.connect_packet(self.client_id, protocol=wire.MQTT_5, keepalive_s=self.keepalive_s))
         try:
-            code = await asyncio.wait_for(self._connack, self.connect_timeout_s)
+            body = await asyncio.wait_for(self._connack, self.connect_timeout_s)
+            _, code, props = wire.parse_connack(body)
         except BaseException:
             if self.transport is not None:
                 self.transport.abort()
             raise
-        if code != 0:
+        if code >= 0x80:
             self.transport.abort()
-            raise ConnectionError(f"CONNACK refused: {wire.CONNECT_RETURN_CODES.get(code, code)}")
+            raise ConnectionError(f"CONNACK refused: {wire.CONNACK_REASONS_5.get(code, f'reason {code:#04x}')}")
+        # MQTT 5 makes more un-acked QoS 1 publishes than the broker's Receive Maximum a protocol error.
+        self.window = min(QOS1_WINDOW, int(props.get(wire.PROP_RECEIVE_MAXIMUM, 65535)))
         self.connected = True
         self.last_recv = time.monotonic()
         self.stats.open_connections += 1
+        if self._republish_at is not None:
+            self._republish_at.cancel()
+            self._republish_at = None
+        self.unrouted = []
         if self.inflight:
             # Resend every unacked QoS 1 packet, in order, flagged as a duplicate.
             self.transport.write(b"".join(wire.set_dup(p) for p in self.inflight.values()))
@@ -182,7 +229,7 @@ class Connection(asyncio.Protocol):
     def _update_ready(self) -> None:
         # Not waiting for the connection itself: QoS 0 counts drops while it is down and QoS 1 queues
         # into the window (resent on reconnect), so one dead connection does not stall the fleet.
-        if not self._paused and len(self.inflight) < QOS1_WINDOW:
+        if not self._paused and len(self.inflight) < self.window:
             self._ready.set()
         else:
             self._ready.clear()
@@ -231,6 +278,8 @@ class Connection(asyncio.Protocol):
         self.closing = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+        if self._republish_at is not None:
+            self._republish_at.cancel()
         if self.connected and self.transport is not None:
             self.transport.write(wire.DISCONNECT_PACKET)
             self.transport.close()

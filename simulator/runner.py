@@ -27,7 +27,7 @@ from fleetpulse.codec import encode_batch
 from fleetpulse.contract import topic_for_car
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.ground_truth import HEALTHY, TruthRecord
-from fleetpulse.mqtt_wire import PublishBuilder
+from fleetpulse.mqtt_wire import MQTT_5, PublishBuilder
 from simulator.car_model import block_count, car_id, make_blocks
 from simulator.csv_source import make_csv_blocks
 from simulator.failures import FailurePlan, plan_failures
@@ -153,7 +153,7 @@ class Worker:
                                       profile=get_profile(cfg.profile), sensors=cfg.sensors)
         self.stats = PublishStats()
         self.layout = Layout(cfg, worker, self.blocks, self.stats)
-        self.builder = PublishBuilder([topic_for_car(car_id(i)) for i in range(cfg.cars)])
+        self.builder = PublishBuilder([topic_for_car(car_id(i)) for i in range(cfg.cars)], protocol=MQTT_5)
         self.failing_started = 0
         self.t_start = self.t_end = 0.0
 
@@ -244,6 +244,7 @@ class Worker:
             "cars": sum(b.n for b in self.blocks),
             "events_sent": s.sent,
             "acked": s.acked,
+            "not_routed": s.not_routed,
             "dropped": s.dropped,
             "resent": s.resent,
             "reconnects": s.reconnects,

@@ -56,13 +56,14 @@ def garbage(n: int, seed: int = 1) -> list[bytes]:
 def packets(bodies: list[bytes], cars: int, prefix: str, qos: int = 1) -> list[bytes]:
     """PUBLISH packets spreading ``bodies`` round-robin over ``cars`` car ids ``<prefix>-<n>``."""
     topics = [f"{MQTT_TOPIC_PREFIX}{prefix}-{i:05d}".encode() for i in range(cars)]
-    return [wire.publish_packet(topics[i % cars], body, qos, (i % 65535) + 1, protocol=wire.MQTT_5) for i, body in enumerate(bodies)]
+    return [wire.publish_packet(topics[i % cars], body, qos, _pid(i), protocol=wire.MQTT_5) for i, body in enumerate(bodies)]
 
 
 @dataclass
 class PublishReport:
-    sent: int = 0
-    acked: int = 0
+    sent: int = 0  # packets written for the first time
+    acked: int = 0  # PUBACKs that mean delivered (each packet counted once)
+    not_routed: int = 0  # PUBACKs that did not (no matching subscribers, a refusal); each packet was published again
     reconnects: int = 0
     started: float = 0.0  # wall clock
     finished: float = 0.0
@@ -70,13 +71,22 @@ class PublishReport:
 
 
 class Publisher:
-    """An MQTT 5 publisher on a raw socket; ``publish`` sends pre-built packets at a rate or flat out."""
+    """An MQTT 5 publisher on a raw socket; ``publish`` sends pre-built packets at a rate or flat out.
+
+    At QoS 1 a packet counts as acknowledged only for a PUBACK that means delivered: a "no matching
+    subscribers" PUBACK (Mosquitto 2.0.11 sends it while a restarted broker has not yet restored a
+    shared subscription) or a refusal leaves it in flight, and it is published again with backoff.
+    """
 
     def __init__(self, host: str, port: int, qos: int = 0, client_id: str | None = None, window: int = 900):
         self.host, self.port, self.qos = host, port, qos
         self.client_id = client_id or f"fleetpulse-loadgen-{uuid.uuid4().hex[:8]}"
         self.window = window  # Mosquitto's Receive Maximum is 1000 in our config; exceeding it is a protocol error
         self.sock: socket.socket | None = None
+        self._unacked: dict[int, int] = {}  # packet id -> index, published and waiting for its PUBACK
+        self._again: list[int] = []  # indices to publish again at _again_at
+        self._again_at = 0.0
+        self._again_backoff = Backoff(initial=0.1, maximum=2.0)
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=5)
@@ -99,8 +109,10 @@ class Publisher:
     def publish(self, pkts: list[bytes], rate: float | None = None, chunk: int = 500, reconnect_for_s: float = 0.0) -> PublishReport:
         """Send ``pkts`` (at ``rate`` messages/s if given); for QoS 1 return once all are acknowledged.
 
-        With ``reconnect_for_s`` a lost connection is re-opened (for up to that long) and every packet
-        not yet acknowledged is sent again, so QoS 1 delivery survives a broker restart (duplicates possible).
+        Packet ids must be unique within any ``window`` consecutive packets (``packets`` numbers them
+        that way). With ``reconnect_for_s`` a lost connection is re-opened (for up to that long) and
+        every packet not yet acknowledged is sent again, so QoS 1 delivery survives a broker restart
+        (duplicates possible).
         """
         rep = PublishReport(started=time.time())
         if self.sock is None:
@@ -120,37 +132,90 @@ class Publisher:
         n = len(pkts)
         pending = b""
         while rep.acked < n:
-            if rep.sent < n and (self.qos == 0 or rep.sent - rep.acked < self.window):
-                k = chunk if self.qos == 0 else min(chunk, self.window - (rep.sent - rep.acked))
-                k = min(k, n - rep.sent)
+            if self._again and time.monotonic() >= self._again_at:
+                self._publish_again(pkts)
+            k = min(chunk, n - rep.sent) if self.qos == 0 else self._room(rep.sent, min(chunk, n - rep.sent))
+            if k > 0:
                 if rate:
                     delay = t0 + rep.sent / rate - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
                 rep.chunk_times.append((rep.sent, time.time()))
                 self.sock.sendall(b"".join(pkts[rep.sent : rep.sent + k]))  # type: ignore[union-attr]
-                rep.sent += k
                 if self.qos == 0:
-                    rep.acked = rep.sent
+                    rep.sent = rep.acked = rep.sent + k
                     continue
-            data = self.sock.recv(65536)  # type: ignore[union-attr]
-            if not data:
-                raise ConnectionError("broker closed the connection")
-            pending += data
+                self._unacked.update((_pid(i), i) for i in range(rep.sent, rep.sent + k))
+                rep.sent += k
+            if not self._unacked:  # only packets waiting to be published again
+                time.sleep(max(0.0, self._again_at - time.monotonic()))
+                continue
+            pending += self._recv()
             parsed = wire.Parsed()
             pending = pending[wire.parse_stream(pending, parsed) :]
-            rep.acked += sum(1 for c in parsed.control if c[0] == wire.PUBACK)
+            self._acked(parsed.control, rep)
+
+    def _room(self, first: int, k: int) -> int:
+        """How many of the next ``k`` packets may go out: within the window, and no packet id still in use."""
+        k = min(k, self.window - len(self._unacked) - len(self._again))
+        oldest = min(min(self._unacked.values(), default=first), min(self._again, default=first))
+        return min(k, oldest + 65535 - first)
+
+    def _recv(self) -> bytes:
+        """What the broker sent; b"" when a publish-again falls due first (the broker may be silent meanwhile)."""
+        wait = self._again_at - time.monotonic() if self._again else None
+        self.sock.settimeout(min(30.0, max(wait, 0.001)) if wait is not None else 30.0)  # type: ignore[union-attr]
+        try:
+            data = self.sock.recv(65536)  # type: ignore[union-attr]
+        except TimeoutError:
+            if wait is None:
+                raise
+            return b""
+        if not data:
+            raise ConnectionError("broker closed the connection")
+        return data
+
+    def _acked(self, control, rep: PublishReport) -> None:
+        for ptype, _, body in control:
+            if ptype != wire.PUBACK:
+                continue
+            pid, reason = wire.parse_puback(body)
+            index = self._unacked.pop(pid, None)
+            if index is None:
+                continue
+            if wire.puback_delivered(reason):
+                rep.acked += 1
+                if self._again_backoff.attempts and not self._again:
+                    self._again_backoff.reset()
+                continue
+            rep.not_routed += 1
+            if not self._again:
+                self._again_at = time.monotonic() + self._again_backoff.next_delay()
+            self._again.append(index)
+
+    def _publish_again(self, pkts) -> None:
+        again, self._again = self._again, []
+        self.sock.sendall(b"".join(pkts[i] for i in again))  # type: ignore[union-attr]
+        self._unacked.update((_pid(i), i) for i in again)
 
     def _reconnect(self, rep: PublishReport, for_s: float) -> None:
         self.close()
         retry(self.connect, (OSError,), Backoff(initial=0.2, maximum=0.2, deadline_s=for_s))
         rep.reconnects += 1
-        rep.sent = rep.acked  # Mosquitto acks in order: everything after the last PUBACK is sent again
+        # The new connection has no session: everything not yet acknowledged is published again now.
+        self._again = sorted([*self._unacked.values(), *self._again])
+        self._unacked.clear()
+        self._again_at = 0.0
 
     def close(self) -> None:
         if self.sock is not None:
             wire.disconnect(self.sock)
             self.sock = None
+
+
+def _pid(index: int) -> int:
+    """The packet id ``packets`` gives the packet at ``index``."""
+    return (index % 65535) + 1
 
 
 def wait_for_count(bootstrap: str, topic: str, expected: int, timeout_s: float, poll_s: float = 0.2) -> tuple[int, float]:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from devtools.stack.process import free_port
-from fleetpulse.codec import decode_batch
-from fleetpulse.contract import SENSOR_FIELDS
+from fleetpulse.codec import decode_batch, encode_batch
+from fleetpulse.contract import SENSOR_FIELDS, topic_for_car
 from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord
 from simulator import car_model as cm
 from simulator.csv_source import DEFAULT_CSV, load_csv
@@ -203,6 +203,38 @@ def test_several_worker_processes_share_the_fleet_and_report_one_ground_truth(br
     truth = [TruthRecord.from_json(line) for line in truth_file.read_text().splitlines()]
     assert sum(t.mode == HEALTHY for t in truth) == 1100 and len({t.car_id for t in truth}) == 1100
     assert sum(t.mode != HEALTHY for t in truth) == s["failing_started"] == 110
+
+
+def test_events_nobody_subscribed_to_yet_are_published_again_not_counted_as_delivered(broker):
+    # An MQTT 5 PUBACK "no matching subscribers" means the broker dropped the event (as Mosquitto 2.0.11
+    # does for a shared subscription right after a restart): the car keeps it and publishes it again.
+    import subprocess
+
+    proc = subprocess.Popen([FLEETPULSE, "simulate", "--json", "--quiet", "--cars", "50", "--rate", "10", "--duration", "3",
+                             "--qos", "1", "--truth-topic", "", "--mqtt-brokers", broker.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    sub = counter(broker, qos=1, keep_payloads=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    s = json.loads(out)
+    sub.wait_quiet(expect=1500, timeout=30)
+    sub.stop()
+    assert s["events_sent"] == 1500 and s["errors"] == 0 and s["not_routed"] > 0
+    assert sub.unique == 1500, f"{1500 - sub.unique} events reached no subscriber"
+
+
+def test_mqtt5_batch_packets_equal_one_by_one_packets():
+    from fleetpulse import mqtt_wire as wire
+
+    topics = [topic_for_car(cm.car_id(i)) for i in range(8)]
+    builder = wire.PublishBuilder(topics, protocol=wire.MQTT_5)
+    payloads = encode_batch(np.full((8, 18), 30.0))
+    cars, pids = np.arange(8)[::-1], np.arange(65530, 65538) % 65535 + 1
+    for qos in (0, 1):
+        data, size = builder.build(cars, payloads, qos, pids)
+        expected = [wire.publish_packet(topics[c], p, qos, int(pid), protocol=wire.MQTT_5) for c, p, pid in zip(cars, payloads, pids)]
+        assert data == b"".join(expected) and size == len(expected[0])
 
 
 @pytest.mark.slow
