@@ -127,7 +127,8 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same cars, values and ground truth.")
 @click.option("--failures", default=0.05, show_default=True, type=click.FloatRange(0, 1), help="Fraction of cars that develop one failure.")
 @click.option("--connections", default=4, show_default=True, type=click.IntRange(min=1), help="MQTT connections; = --cars gives one per car (client id = car id).")
-@click.option("--qos", default="0", show_default=True, type=click.Choice(["0", "1"]), help="MQTT QoS; 1 resends unacked after a reconnect.")
+@click.option("--qos", default="1", show_default=True, type=click.Choice(["0", "1"]),
+              help="MQTT QoS: 1 keeps each event until a PUBACK says a subscriber has it, 0 is best effort.")
 @click.option("--source", default="model", show_default=True, type=click.Choice(["model", "csv"]), help="Car model, or replay of the original CSV.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help=f"CSV to replay [default: {DEFAULT_CSV}]")
 @click.option("--sample-interval", default=10.0, show_default=True, type=POSITIVE, help="Simulated seconds per event (time compression).")

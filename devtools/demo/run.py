@@ -115,10 +115,10 @@ class Demo:
         FerretDBService(self.stack_settings).after_ready()
 
     def _start_bridge(self) -> None:
-        env = {"FLEETPULSE_BRIDGE_QOS": "0", "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.p.bridge_metrics_port),
+        env = {"FLEETPULSE_BRIDGE_QOS": "1", "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.p.bridge_metrics_port),
                "FLEETPULSE_BRIDGE_CLIENT_ID": "fleetpulse-demo-bridge",
                # Its own share group: a stale persistent session of another bridge in `fleetpulse` would
-               # otherwise take its round-robin share of the demo's QoS 0 messages and drop them.
+               # otherwise take its round-robin share of the demo's messages, queued where nobody reads them.
                "FLEETPULSE_BRIDGE_SHARE_GROUP": "fleetpulse-demo"}  # fmt: skip
         self.children.start("bridge", "bridge", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
@@ -129,7 +129,7 @@ class Demo:
         summary = self.children.run_json(
             f"simulate-{seed}",
             "simulate", "--cars", str(self.p.cars), "--rate", str(self.p.rate), "--duration", str(duration), "--seed", str(seed),
-            "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "0", "--json",
+            "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "1", "--json",
         )  # fmt: skip
         self._wait_bridge_idle()
         summary["window"] = {"from_ts": t0, "to_ts": int(time.time() * 1000), "start_offsets": before,
