@@ -55,10 +55,11 @@ resource "google_container_node_pool" "general" {
   }
 
   node_config {
-    machine_type = var.general_machine_type
-    disk_type    = "pd-balanced"
-    disk_size_gb = 100
-    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    machine_type    = var.general_machine_type
+    disk_type       = "pd-balanced"
+    disk_size_gb    = 100
+    oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
+    service_account = google_service_account.nodes.email
 
     # Pods get Google credentials only through Workload Identity, never the node's.
     workload_metadata_config {
@@ -89,10 +90,11 @@ resource "google_container_node_pool" "training" {
   }
 
   node_config {
-    machine_type = var.training_machine_type
-    disk_type    = "pd-balanced"
-    disk_size_gb = 100
-    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    machine_type    = var.training_machine_type
+    disk_type       = "pd-balanced"
+    disk_size_gb    = 100
+    oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
+    service_account = google_service_account.nodes.email
 
     workload_metadata_config {
       mode = "GKE_METADATA"

@@ -2,6 +2,8 @@
 # Workload Identity to one Kubernetes service account:
 #   model server  <namespace>/model-server                         reads models
 #   pipeline      <pipeline_namespace>/<pipeline_service_account>  publishes new versions
+# The pipeline's is FleetPulse's own service account in the pipeline namespace (kubernetes.tf), not
+# KFP's shared pipeline-runner, so other pipelines' runs get no rights on the bucket.
 resource "google_service_account" "model_server" {
   account_id   = "fleetpulse-model-server"
   display_name = "FleetPulse model server (reads gs://${var.model_bucket})"
@@ -18,12 +20,55 @@ resource "google_storage_bucket_iam_member" "model_server_reads_models" {
   member = "serviceAccount:${google_service_account.model_server.email}"
 }
 
-# objectAdmin, not objectCreator: publishing lists existing versions and claims the next one with a
-# create-if-absent precondition, which needs read and list as well as create.
-resource "google_storage_bucket_iam_member" "pipeline_writes_models" {
+# Publishing reads and lists (versions, channels.json), creates objects under the model's prefix (a
+# version's claim, files and metadata.json), and rewrites one object, channels.json. Nothing more: a
+# published version cannot be overwritten or deleted by a pipeline run (objectCreator neither
+# overwrites nor deletes), and object versioning keeps every earlier channels.json.
+locals {
+  model_objects = "projects/_/buckets/${google_storage_bucket.models.name}/objects/${var.model_name}/"
+}
+
+resource "google_storage_bucket_iam_member" "pipeline_reads_models" {
   bucket = google_storage_bucket.models.name
-  role   = "roles/storage.objectAdmin"
+  role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.pipeline.email}"
+}
+
+resource "google_storage_bucket_iam_member" "pipeline_creates_model_versions" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.pipeline.email}"
+  condition {
+    title       = "model-prefix-only"
+    description = "Create new objects under gs://${var.model_bucket}/${var.model_name}/ only."
+    expression  = "resource.name.startsWith(\"${local.model_objects}\")"
+  }
+}
+
+# Overwriting an object needs delete on it: granted for channels.json alone.
+resource "google_storage_bucket_iam_member" "pipeline_updates_channels" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectUser"
+  member = "serviceAccount:${google_service_account.pipeline.email}"
+  condition {
+    title       = "channels-object-only"
+    description = "Rewrite gs://${var.model_bucket}/${var.model_name}/channels.json only."
+    expression  = "resource.name == \"${local.model_objects}channels.json\""
+  }
+}
+
+# GKE nodes run as their own account with the logging and monitoring rights a node needs and no data
+# access (not the project's default compute account, which is an Editor). Pods never use it: Workload
+# Identity gives each its own account.
+resource "google_service_account" "nodes" {
+  account_id   = "fleetpulse-nodes"
+  display_name = "FleetPulse GKE nodes (logs and metrics only)"
+}
+
+resource "google_project_iam_member" "nodes_default_node_role" {
+  project = var.project_id
+  role    = "roles/container.defaultNodeServiceAccount"
+  member  = "serviceAccount:${google_service_account.nodes.email}"
 }
 
 resource "google_service_account_iam_member" "model_server_workload_identity" {

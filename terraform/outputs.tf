@@ -27,3 +27,13 @@ output "namespace" {
   description = "Namespace created for the gke overlay."
   value       = kubernetes_namespace.fleetpulse.metadata[0].name
 }
+
+output "mqtt_ca_certificate" {
+  description = "The CA cars trust for EMQX's TLS listener (public; the key stays in Terraform state)."
+  value       = tls_self_signed_cert.mqtt_ca.cert_pem
+}
+
+output "pipeline_service_account" {
+  description = "Kubernetes service account the pipeline submitter names for FleetPulse's runs (PIPELINE_SERVICE_ACCOUNT)."
+  value       = kubernetes_service_account.pipeline.metadata[0].name
+}

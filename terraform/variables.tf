@@ -81,9 +81,33 @@ variable "pipeline_namespace" {
 }
 
 variable "pipeline_service_account" {
-  description = "Kubernetes service account KFP runs pipeline pods as (standalone KFP: pipeline-runner)."
+  description = "Kubernetes service account FleetPulse's pipeline runs use (created in pipeline_namespace; the submitter names it)."
+  type        = string
+  default     = "fleetpulse-pipeline"
+}
+
+variable "pipeline_runner_role" {
+  description = "Role in pipeline_namespace with the rights a KFP run's pods need (standalone KFP's pipeline-runner Role)."
   type        = string
   default     = "pipeline-runner"
+}
+
+variable "model_name" {
+  description = "Model whose prefix in the bucket the pipeline may write (gs://<model_bucket>/<model_name>/)."
+  type        = string
+  default     = "car-anomaly"
+}
+
+variable "mqtt_tls_hostnames" {
+  description = "DNS names cars use to reach EMQX's TLS listener, besides the in-cluster service names."
+  type        = list(string)
+  default     = []
+}
+
+variable "kafka_cluster_ca_validity_days" {
+  description = "Validity of the Kafka cluster CA Terraform makes for Strimzi; replace it (Strimzi's custom-CA renewal) before then."
+  type        = number
+  default     = 1825
 }
 
 variable "deletion_protection" {

@@ -8,6 +8,8 @@ Mounted from a ConfigMap into the training image (which carries the KFP SDK and
   PIPELINE_PACKAGE      compiled pipeline (default /opt/fleetpulse/kubeflow/pipeline.yaml)
   PIPELINE_ARGUMENTS    JSON object of run arguments; keys the pipeline does not declare are dropped
                         with a note, so one CronJob spec survives pipeline signature changes.
+  PIPELINE_SERVICE_ACCOUNT  Kubernetes service account the run's pods use (FleetPulse's own, bound to
+                        the model-publishing Google service account); unset: KFP's default.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def main() -> int:
         run_name=run_name,
         experiment_name=os.environ.get("KFP_EXPERIMENT", "fleetpulse"),
         enable_caching=False,
+        service_account=os.environ.get("PIPELINE_SERVICE_ACCOUNT") or None,
     )
     print(f"submitted {run_name}: run id {result.run_id}")
     return 0
