@@ -61,7 +61,8 @@ def stack_provision(cars: int) -> None:
     t0 = time.monotonic()
     created = control.provision_cars(settings, [car_id(i) for i in range(cars)], progress=lambda msg: click.echo(f"  {msg}", err=True))
     store = IdentityStore(control.resolved(settings).identities_dir)
-    click.echo(f"{len(created):,} car identities created, {cars - len(created):,} existed, in {time.monotonic() - t0:.1f}s ({store.cars_file})")
+    click.echo(f"{len(created):,} car identities created, {cars - len(created):,} existed, "
+               f"in {time.monotonic() - t0:.1f}s ({store.cars_file})")
 
 
 @stack.command("down")

@@ -279,14 +279,11 @@ def acl_bindings(principal: str, rights: KafkaRights) -> list:
     def allow(kind, name, pattern, op):
         return AclBinding(kind, name, pattern, f"User:{principal}", "*", op, AclPermissionType.ALLOW)
 
-    bindings = []
-    for topic in rights.read:
-        bindings += [allow(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, op) for op in (AclOperation.READ, AclOperation.DESCRIBE)]
-    for topic in rights.write:
-        bindings += [allow(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, op) for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]
-    for prefix in rights.group_prefixes:
-        bindings += [allow(ResourceType.GROUP, prefix, ResourcePatternType.PREFIXED, op) for op in (AclOperation.READ, AclOperation.DESCRIBE)]
-    return bindings
+    topic, group, literal, prefixed = ResourceType.TOPIC, ResourceType.GROUP, ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+    read, write, describe = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE
+    return ([allow(topic, t, literal, op) for t in rights.read for op in (read, describe)]
+            + [allow(topic, t, literal, op) for t in rights.write for op in (write, describe)]
+            + [allow(group, g, prefixed, op) for g in rights.group_prefixes for op in (read, describe)])
 
 
 def grant(admin, rights: dict[str, KafkaRights]) -> None:

@@ -2,8 +2,9 @@
 
 One CA per state dir signs two certificates: ``server`` (Mosquitto's and FerretDB's TLS listeners) and
 ``kafka-broker`` (Kafka's client listener, and the client certificate the broker presents to its own
-controller listener, which requires one; its CN is the broker's principal there). EC P-256 keys: generating and handshaking with them is an
-order of magnitude cheaper than RSA-2048, which matters for 100,000 car connections.
+controller listener, which requires one; its CN is the broker's principal there). EC P-256 keys:
+generating and handshaking with them is an order of magnitude cheaper than RSA-2048, which matters
+for 100,000 car connections.
 """
 
 from __future__ import annotations
