@@ -66,15 +66,18 @@ def test_model_bucket_default_is_the_bucket_the_manifests_read():
     assert default == "fleetpulse-models"
 
 
-@pytest.mark.parametrize("gsa,role,ksa", [
-    ("model_server", "roles/storage.objectViewer", "[${var.namespace}/model-server]"),
-    ("pipeline", "roles/storage.objectAdmin", "[${var.pipeline_namespace}/${var.pipeline_service_account}]"),
+# The pipeline's narrower, conditioned bucket roles are checked in test_security_manifests.py.
+@pytest.mark.parametrize("gsa,roles,ksa", [
+    ("model_server", ["roles/storage.objectViewer"], "[${var.namespace}/model-server]"),
+    ("pipeline", ["roles/storage.objectViewer", "roles/storage.objectCreator", "roles/storage.objectUser"],
+     "[${var.pipeline_namespace}/${var.pipeline_service_account}]"),
 ])
-def test_each_google_service_account_gets_one_bucket_role_and_one_kubernetes_identity(gsa, role, ksa):
+def test_each_google_service_account_gets_its_bucket_roles_and_one_kubernetes_identity(gsa, roles, ksa):
     iam = tf("iam.tf")
     bindings = [b for b in re.findall(r'resource "google_storage_bucket_iam_member" "\w+" \{(.*?)\n\}', iam, re.S)
                 if f"google_service_account.{gsa}.email" in b]
-    assert len(bindings) == 1 and f'role   = "{role}"' in bindings[0]
+    assert sorted(re.search(r'role\s*=\s*"([^"]+)"', b).group(1) for b in bindings) == sorted(roles)
+    assert not any("objectAdmin" in b for b in bindings)
     wi = [b for b in re.findall(r'resource "google_service_account_iam_member" "\w+" \{(.*?)\n\}', iam, re.S)
           if f"google_service_account.{gsa}.name" in b]
     assert len(wi) == 1 and "roles/iam.workloadIdentityUser" in wi[0] and ksa in wi[0]
