@@ -23,7 +23,7 @@ def _opt(name: str, help: str, **kw):
 @_opt("qos", "Subscription QoS: 1 acks MQTT after Kafka delivery, 0 is best effort (default 1).", type=click.IntRange(0, 1))
 @_opt("share-group", "Shared-subscription group (default fleetpulse).")
 @_opt("client-id", "MQTT client id; stable across restarts, distinct per bridge process.")
-@_opt("metrics-port", "Prometheus /metrics port, 0 disables (default 9100).", type=click.IntRange(0, 65535))
+@_opt("metrics-port", "Port of /metrics, /healthz and /readyz, 0 disables (default 9100).", type=click.IntRange(0, 65535))
 @click.option("--max-messages", type=click.IntRange(min=1), default=None, help="Stop after this many messages were received and delivered.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many seconds.")
 @click.option("--progress-every", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds between progress lines on stderr.")
@@ -32,8 +32,9 @@ def _opt(name: str, help: str, **kw):
 def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) -> None:
     """Bridge MQTT `vehicles/sensor/data/+` into Kafka `sensor-data` (invalid payloads to the DLQ).
 
-    Runs until SIGINT/SIGTERM (or --duration / --max-messages), then drains Kafka, sends the last
-    MQTT acks and disconnects, keeping the persistent session for the next start.
+    Runs until SIGINT/SIGTERM (or --duration / --max-messages), then waits up to
+    FLEETPULSE_BRIDGE_SHUTDOWN_TIMEOUT_S (20 s) for Kafka to confirm what is in flight, acks what it
+    confirmed and disconnects, keeping the persistent session: the broker redelivers the rest.
     """
     from confluent_kafka import KafkaException
 
@@ -53,8 +54,9 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
     except KafkaException as exc:
         raise FleetPulseError(f"cannot create Kafka topics {settings.topic}/{settings.dlq_topic}: {exc.args[0].str()}") from None
     b = build_bridge(settings)
+    b.metrics.watch(b.health)
     try:
-        b.metrics.serve(settings.metrics_port)
+        b.metrics.serve(settings.metrics_port, b.health)
     except OSError as exc:
         raise click.BadParameter(f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror}", param_hint="--metrics-port")
 
@@ -87,12 +89,12 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
         err=True,
     )
     summary = b.run(should_stop, progress, every_s=progress_every)
-    b.producer.flush(10)
     if as_json:
         click.echo(json.dumps({**summary.as_dict(), "settings": settings.model_dump(mode="json", exclude={"mqtt_password", "kafka_password"})}))
     else:
         click.echo(
             f"bridge stopped after {summary.elapsed_s:.1f}s: received {summary.received:,}, forwarded {summary.forwarded:,}, "
-            f"dead-lettered {summary.dead_lettered:,}, delivery errors {summary.delivery_errors:,}, mqtt acks {summary.mqtt_acks:,}"
+            f"dead-lettered {summary.dead_lettered:,}, dead letters dropped {summary.dead_letter_failures:,}, "
+            f"delivery errors {summary.delivery_errors:,}, mqtt acks {summary.mqtt_acks:,}"
             + (f", {summary.in_flight:,} still in flight (not acked; the broker redelivers them)" if summary.in_flight else "")
         )

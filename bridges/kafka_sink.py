@@ -26,6 +26,7 @@ def producer_config(settings: BridgeSettings, error_cb=None) -> dict:
             "batch.size": settings.kafka_batch_bytes,
             "compression.type": settings.kafka_compression,
             "message.timeout.ms": settings.kafka_delivery_timeout_ms,
+            "message.max.bytes": settings.kafka_max_message_bytes,
             # The bridge bounds its own in-flight count below this, so produce() never sees a full queue.
             "queue.buffering.max.messages": max(100_000, 2 * settings.max_in_flight),
             "queue.buffering.max.kbytes": 1_048_576,

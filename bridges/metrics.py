@@ -1,8 +1,15 @@
-"""Prometheus metrics of one bridge process, on their own registry (several bridges may share a process in tests)."""
+"""Prometheus metrics of one bridge process, on their own registry (several bridges may share a process
+in tests), and the HTTP endpoint that serves them with the probes: /metrics, /healthz, /readyz."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from bridges.health import STALLS, Health
+from fleetpulse.topics import DLQ_KINDS
 
 
 class BridgeMetrics:
@@ -11,14 +18,53 @@ class BridgeMetrics:
         r = self.registry
         self.received = Counter("fleetpulse_bridge_received", "MQTT messages received", registry=r)
         self.forwarded = Counter("fleetpulse_bridge_forwarded", "records Kafka confirmed in the data topic", registry=r)
-        self.dead_lettered = Counter("fleetpulse_bridge_dead_lettered", "invalid payloads Kafka confirmed in the DLQ", registry=r)
-        self.delivery_errors = Counter("fleetpulse_bridge_delivery_errors", "failed Kafka deliveries (each is produced again)", registry=r)
+        self.dead_lettered = Counter("fleetpulse_bridge_dead_lettered", "refused records Kafka confirmed in the DLQ", registry=r)
+        self.refused = Counter("fleetpulse_bridge_refused", "records sent to the DLQ, by why (fleetpulse.topics DLQ kinds)", ["kind"], registry=r)
+        self.dead_letter_failures = Counter("fleetpulse_bridge_dead_letter_failures", "dead letters Kafka refused permanently: dropped, acked", registry=r)
+        self.delivery_errors = Counter("fleetpulse_bridge_delivery_errors", "failed Kafka produces or deliveries (each retried, or dead-lettered after retries)", registry=r)
         self.acks = Counter("fleetpulse_bridge_mqtt_acks", "PUBACKs sent after Kafka confirmed delivery", registry=r)
         self.reconnects = Counter("fleetpulse_bridge_mqtt_connects", "MQTT connections established", ["broker"], registry=r)
         self.in_flight = Gauge("fleetpulse_bridge_in_flight", "messages received and not yet confirmed by Kafka", registry=r)
         self.connected = Gauge("fleetpulse_bridge_mqtt_connected", "1 while connected to the broker", ["broker"], registry=r)
+        self.stalled_seconds = Gauge("fleetpulse_bridge_stalled_seconds", "how long each kind of stall has lasted (0: none)", ["reason"], registry=r)
+        self.stalled = Gauge("fleetpulse_bridge_stalled", "1 while this stall makes the bridge unready (/readyz)", ["reason"], registry=r)
+        for kind in DLQ_KINDS:
+            self.refused.labels(kind)
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on ``port`` (0: do not serve)."""
-        if port:
-            start_http_server(port, registry=self.registry)
+    def watch(self, health: Health) -> None:
+        """Compute the stall gauges from ``health`` at every scrape (so a blocked loop shows too)."""
+        for reason in STALLS:
+            self.stalled_seconds.labels(reason).set_function(lambda r=reason: round(health.stalled_for()[r], 3))
+            self.stalled.labels(reason).set_function(lambda r=reason: float(r in health.unready()))
+
+    def serve(self, port: int, health: Health) -> ThreadingHTTPServer | None:
+        """Serve /metrics, /healthz (liveness) and /readyz (readiness) on ``port`` (0: do not serve)."""
+        if not port:
+            return None
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+                if self.path == "/metrics":
+                    self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path in ("/healthz", "/readyz"):
+                    why = health.dead() if self.path == "/healthz" else health.unready()
+                    body = ("stalled: " + ", ".join(why) if why else "ok").encode() + b"\n"
+                    self._answer(503 if why else 200, body, "text/plain; charset=utf-8")
+                else:
+                    self._answer(404, b"not found\n", "text/plain; charset=utf-8")
+
+            def _answer(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # probes every few seconds: no access log
+                pass
+
+        server = ThreadingHTTPServer(("", port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="bridge-http", daemon=True).start()
+        return server

@@ -84,7 +84,10 @@ class MqttSource:
             if reason >= 0x80:
                 text = props.get(wire.PROP_REASON_STRING, b"").decode(errors="replace")
                 raise wire.ProtocolError(f"CONNACK reason {reason:#04x} {text}".strip())
-            # Subscribing again on a resumed session is harmless and covers an expired one.
+            # Subscribe on every connect, resumed session or not: it covers an expired session, and
+            # Mosquitto 2.0.11 restores a persistent session's shared subscription after a broker
+            # restart only when the client subscribes again (until then it answers publishers
+            # "no matching subscribers" and drops their messages; the cars publish those again).
             sock.sendall(wire.subscribe_packet(1, self.topic_filter, self.qos, protocol=wire.MQTT_5))
         except BaseException:
             sock.close()

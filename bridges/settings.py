@@ -14,6 +14,10 @@ from fleetpulse.settings import BrokerList, KafkaClientSettings, parse_hostports
 from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ
 
 
+RECORD_OVERHEAD_BYTES = 1024
+"""Key, headers and record framing next to the payload: a valid car id and its topic take under 200."""
+
+
 class BridgeSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_BRIDGE_", extra="ignore")
 
@@ -41,8 +45,27 @@ class BridgeSettings(KafkaClientSettings):
     kafka_compression: Literal["none", "lz4", "snappy", "zstd", "gzip"] = "lz4"
     kafka_delivery_timeout_ms: int = Field(120_000, ge=1000)
     """librdkafka message.timeout.ms; a timed-out record is produced again, never acked to MQTT."""
+    kafka_max_message_bytes: int = Field(1_000_000, ge=10_000, le=100_000_000)
+    """The producer's message.max.bytes; keep it at or below the brokers' (and topics') limit. A payload
+    that would not fit goes to the DLQ as a prefix instead."""
+    kafka_refused_tries: int = Field(3, ge=1, le=100)
+    """Attempts at a record Kafka refuses permanently (too large, invalid, not authorised) before it goes
+    to the DLQ; transient errors (broker away) are retried for as long as they last."""
+    dlq_prefix_bytes: int = Field(4096, ge=0, le=65536)
+    """How much of an oversized payload its dead letter keeps (the header has the original size)."""
+    stall_timeout_s: float = Field(30.0, gt=0)
+    """/readyz fails after this long with pending input and no progress, a blocked loop or no broker."""
+    live_stall_timeout_s: float = Field(300.0, gt=0)
+    """/healthz fails (the kubelet restarts us) after this long blocked, or pending with no progress."""
+    shutdown_timeout_s: float = Field(20.0, ge=0)
+    """After SIGTERM: how long to wait for Kafka to confirm what is in flight (acked as confirmed)."""
     metrics_port: int = Field(9100, ge=0, le=65535)
-    """Prometheus /metrics port; 0 disables."""
+    """Port of /metrics, /healthz and /readyz; 0 disables."""
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest payload a data record may carry: message.max.bytes less room for key and headers."""
+        return self.kafka_max_message_bytes - RECORD_OVERHEAD_BYTES
 
     @property
     def broker_endpoints(self) -> list[tuple[str, int]]:

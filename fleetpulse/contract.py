@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -14,6 +15,9 @@ CARDATA_V1_ID = 1
 
 MQTT_TOPIC_PREFIX = "vehicles/sensor/data/"
 """Topic layout of the original load scenario: ``vehicles/sensor/data/<car-id>``."""
+
+CAR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""What a car id is (fullmatch): it keys Kafka records and twins and names the car's MQTT topic level."""
 
 SENSOR_FIELDS: tuple[str, ...] = (
     "coolant_temp",

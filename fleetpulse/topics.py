@@ -36,7 +36,19 @@ TOPICS: dict[str, TopicSpec] = {
 
 # Header names on dead-lettered records.
 DLQ_REASON_HEADER = "fleetpulse.dlq.reason"
+DLQ_KIND_HEADER = "fleetpulse.dlq.kind"
 DLQ_SOURCE_HEADER = "fleetpulse.dlq.source"
 DLQ_TIME_HEADER = "fleetpulse.dlq.ts_ms"
+DLQ_ORIGINAL_SIZE_HEADER = "fleetpulse.dlq.original_size"
+"""ASCII decimal bytes of the payload as received; the record's value may be only a prefix of it."""
+
+# Values of the kind header: why a record is in the dead-letter topic (the reason header says more).
+DLQ_UNDECODABLE = "undecodable"  # not a framed cardata record of a known schema
+DLQ_NON_FINITE = "non_finite"  # a reading is NaN or infinite
+DLQ_OUT_OF_RANGE = "out_of_range"  # a reading is outside its physical range (fleetpulse.readings)
+DLQ_BAD_CAR_ID = "bad_car_id"  # the topic's car id is not one (fleetpulse.contract.CAR_ID)
+DLQ_OVERSIZED = "oversized"  # larger than a Kafka record may be; the value is a prefix
+DLQ_KAFKA_REJECTED = "kafka_rejected"  # Kafka refused the record permanently, after retries
+DLQ_KINDS = (DLQ_UNDECODABLE, DLQ_NON_FINITE, DLQ_OUT_OF_RANGE, DLQ_BAD_CAR_ID, DLQ_OVERSIZED, DLQ_KAFKA_REJECTED)
 MQTT_TOPIC_HEADER = "mqtt.topic"
 ARRIVAL_TIME_HEADER = "fleetpulse.arrival_ts_ms"

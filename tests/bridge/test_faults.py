@@ -118,3 +118,49 @@ def test_mosquitto_restart_mid_stream_loses_nothing_for_qos1_persistent_sessions
     print(f"\n{report.not_routed} PUBACKs said not routed")
     assert_all_delivered(kafka_bootstrap, f"bridge-{unique}", 20_000)
     assert bridge.metric("fleetpulse_bridge_mqtt_connects_total") >= 2
+
+
+def probe(bridge, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{bridge.metrics_port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_probe(bridge, path: str, status: int, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, body = probe(bridge, path)
+        if code == status:
+            return body
+        time.sleep(0.2)
+    raise TimeoutError(f"{path} stayed {code} ({body.strip()}) instead of {status}")
+
+
+def test_kafka_away_turns_the_probes_unhealthy_and_sigterm_still_stops_the_bridge_in_bounded_time(bridge_process, private_mqtt, private_server, unique):
+    kafka = private_server("kafka")
+    bootstrap = kafka.address
+    settings = dict(kafka_bootstrap_servers=bootstrap, stall_timeout_s=2, live_stall_timeout_s=4, shutdown_timeout_s=3)
+    bridge = bridge_process(private_mqtt, **settings).start()
+    assert probe(bridge, "/readyz")[0] == probe(bridge, "/healthz")[0] == 200
+    kafka.stop()
+    Stream(private_mqtt, 2_000, 5_000, f"car{unique}").join()
+    assert "no_progress" in wait_probe(bridge, "/readyz", 503, timeout=20)
+    assert bridge.metrics()["fleetpulse_bridge_stalled"] == 1
+    assert "no_progress" in wait_probe(bridge, "/healthz", 503, timeout=20)
+
+    t0 = time.monotonic()
+    summary = bridge.stop()  # SIGTERM while nothing it holds is confirmed
+    stopped_in = time.monotonic() - t0
+    print(f"\nSIGTERM with Kafka away: exited in {stopped_in:.1f}s (shutdown timeout 3 s)")
+    assert stopped_in < 3 + 3, f"SIGTERM took {stopped_in:.1f}s with a 3 s shutdown timeout"
+    assert summary["mqtt_acks"] == 0 and summary["in_flight"] == 2_000
+
+    start_private(kafka)
+    bridge.start()
+    assert_all_delivered(bootstrap, f"bridge-{unique}", 2_000)
+    wait_probe(bridge, "/readyz", 200)
