@@ -11,6 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from devtools.demo.run import Demo, DemoParams
+from simulator.profiles import PROFILES
+
+PROFILE_NAMES = list(PROFILES)
 
 
 def _raise_interrupt(signum, frame):
@@ -33,6 +36,7 @@ def closing_table(summary: dict) -> Table:
         ("events/s through the scorer", f"{(summary.get('events_per_s') or 0):,.0f}", ""),
         ("p99 event -> alert", "n/a" if p99 is None else f"{p99:,.0f} ms", "< 250 ms"),
         ("alerts / cars with a twin", f"{summary['alerts']:,} / {summary['twins']:,}", "every car has a twin"),
+        ("fleets (trained on -> detected on)", f"{summary['parameters'].get('train_profile')} -> {summary['parameters'].get('profile')}", ""),
         ("model", str(summary.get("model_uri")), ""),
         ("wall time", f"{summary.get('wall_time_s')} s", ""),
     ]
@@ -51,13 +55,17 @@ def closing_table(summary: dict) -> Table:
 @click.option("--sample-interval", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Simulated seconds per event.")
 @click.option("--failures", default=0.05, show_default=True, type=click.FloatRange(0, 1), help="Fraction of cars that develop a failure.")
 @click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--train-profile", default="default", show_default=True, type=click.Choice(PROFILE_NAMES),
+              help="Fleet profile the model trains on (simulator/profiles.py).")
+@click.option("--profile", default="default", show_default=True, type=click.Choice(PROFILE_NAMES),
+              help="Fleet profile detection is measured on; differ from --train-profile to see a model on a fleet unlike its training fleet.")
 @click.option("--model", default="autoencoder", show_default=True, type=click.Choice(["autoencoder", "lstm"]))
 @click.option("--epochs", default=8, show_default=True, type=click.IntRange(1, 500))
 @click.option("--min-f1", default=0.8, show_default=True, type=click.FloatRange(0, 1), help="The pipeline refuses to publish below this.")
 @click.option("--out", "out_dir", default="reports/demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--keep-stack", is_flag=True, help="Leave the local stack running afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
-def demo(cars, rate, duration, train_duration, sample_interval, failures, seed, model, epochs, min_f1, out_dir, keep_stack, as_json) -> None:
+def demo(cars, rate, duration, train_duration, sample_interval, failures, seed, train_profile, profile, model, epochs, min_f1, out_dir, keep_stack, as_json) -> None:
     """Run the whole story on the local stack and write reports/demo/summary.json and report.html.
 
     The model trains on a first stretch of the stream; detection is measured on a later stretch it
@@ -68,7 +76,7 @@ def demo(cars, rate, duration, train_duration, sample_interval, failures, seed, 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     params = DemoParams(
         cars=cars, rate=rate, duration=duration, train_duration=train_duration, sample_interval=sample_interval, failures=failures,
-        seed=seed, model=model, epochs=epochs, min_f1=min_f1, out_dir=out_dir, keep_stack=keep_stack,
+        seed=seed, train_profile=train_profile, profile=profile, model=model, epochs=epochs, min_f1=min_f1, out_dir=out_dir, keep_stack=keep_stack,
     )  # fmt: skip
     try:
         summary = Demo(params, console).run()

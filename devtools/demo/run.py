@@ -19,6 +19,7 @@ from fleetpulse import endpoints, evaluation
 from devtools.demo import collect, report
 from devtools.demo.processes import Children, StageFailed, wait_http_ok
 from devtools.stack import control
+from devtools.stack.process import free_port
 from devtools.stack.settings import StackSettings
 from fleetpulse.topics import ALERTS, GROUND_TRUTH, SENSOR_DATA
 
@@ -32,6 +33,8 @@ class DemoParams:
     sample_interval: float = 10.0  # simulated seconds per event (the original's 1 message / 10 s)
     failures: float = 0.05
     seed: int = 42
+    train_profile: str = "default"  # the fleet the model trains on (simulator/profiles.py)
+    profile: str = "default"  # the fleet detection is measured on
     model: str = "autoencoder"
     epochs: int = 8
     min_f1: float = 0.0
@@ -59,7 +62,7 @@ class Demo:
         self.bootstrap = endpoints.KAFKA_BOOTSTRAP
         for name in ("http_port", "grpc_port", "bridge_metrics_port", "score_metrics_port"):
             if not getattr(self.p, name):
-                setattr(self.p, name, _free_port())
+                setattr(self.p, name, free_port())
 
     def stage(self, name: str, fn: Callable):
         self.console.rule(f"[bold]{name}")
@@ -74,11 +77,13 @@ class Demo:
         try:
             self.stage("stack up", self._stack_up)
             self.stage("bridge", self._start_bridge)
-            train_sim = self.stage("simulate: training stretch", lambda: self._simulate(self.p.train_duration, self.p.seed))
+            train_sim = self.stage(f"simulate: training stretch ({self.p.train_profile} fleet)",
+                                   lambda: self._simulate(self.p.train_duration, self.p.seed, self.p.train_profile))  # fmt: skip
             trained = self.stage("train (KFP pipeline)", lambda: self._train(train_sim))
             self.stage("model server", self._start_server)
             self.stage("transformer", self._start_scorer)
-            live_sim = self.stage("simulate: detection stretch", lambda: self._simulate(self.p.duration, self.p.seed + 1))
+            live_sim = self.stage(f"simulate: detection stretch ({self.p.profile} fleet)",
+                                  lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile))  # fmt: skip
             scored = self.stage("drain transformer", self._drain)
             run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
             run["stages_s"] = {k: round(v, 1) for k, v in self.stages.items()}
@@ -123,13 +128,14 @@ class Demo:
         self.children.start("bridge", "bridge", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
 
-    def _simulate(self, duration: float, seed: int) -> dict:
+    def _simulate(self, duration: float, seed: int, profile: str) -> dict:
         before = collect.high_watermarks(self.bootstrap, SENSOR_DATA)
         t0 = int(time.time() * 1000)
         summary = self.children.run_json(
             f"simulate-{seed}",
             "simulate", "--cars", str(self.p.cars), "--rate", str(self.p.rate), "--duration", str(duration), "--seed", str(seed),
-            "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "1", "--json",
+            "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "1",
+            "--profile", profile, "--json",
         )  # fmt: skip
         self._wait_bridge_idle()
         summary["window"] = {"from_ts": t0, "to_ts": int(time.time() * 1000), "start_offsets": before,
@@ -311,14 +317,6 @@ class Demo:
         except httpx.HTTPError:
             return None
         return next(o["data"] for o in resp.json()["outputs"] if o["name"] == "score")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _p99_timeline(alerts: list[dict], t0: float, bucket_s: float = 5.0) -> list[tuple[float, float]]:
