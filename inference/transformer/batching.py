@@ -6,7 +6,7 @@ Plain code over arrays and duck-typed Kafka messages (``.partition()``, ``.offse
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +93,21 @@ class InFlight:
             if not finished and not everything and len(self._chunks) < self.max_in_flight:
                 return
             yield self._chunks.popleft()
+
+    def drain(self, apply: Callable[[Chunk], None], everything: bool = False) -> None:
+        """``apply`` each chunk ``ready`` hands back. A chunk whose apply raises has left the queue, so
+        the chunks behind it are dropped too, unapplied: applying them would record their poll batch's
+        offsets as done and let a commit pass the failed chunk's events. They are replayed instead."""
+        for chunk in self.ready(everything):
+            try:
+                apply(chunk)
+            except BaseException:
+                self.clear()
+                raise
+
+    def chunks(self) -> list[Chunk]:
+        """The chunks in flight, in submission order (to send again after the model's input changed)."""
+        return list(self._chunks)
 
     def clear(self) -> None:
         self._chunks.clear()

@@ -48,6 +48,10 @@ class CarTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def set_window(self, window: int) -> None:
+        """The served model now takes ``window`` readings per sample; every car's window starts afresh (as after a restart)."""
+        self.windows = CarWindows(window, len(self.part)) if window > 1 else None
+
     def _grow(self, size: int) -> None:
         old = len(self.part)
         if size <= old:
@@ -141,7 +145,7 @@ class CarTable:
             ids=[self.ids[c] for c in cars.tolist()], status=h.status[cars], bits=h.bits[cars], clean=h.clean[cars],
             score=self.score[cars], seen=self.seen[cars], rows=self.rows[cars], events=self.events[cars], over=self.over[cars],
             alerts=self.alerts[cars], offsets=[dict(self.offsets[c]) for c in cars.tolist()], has_twin=np.array(has_twin, bool),
-            threshold=float(threshold), model_version=model_version)
+            threshold=float(threshold), model_version=model_version, part=self.part[cars], off=self.off[cars])
 
 
 @dataclass
@@ -160,9 +164,15 @@ class TwinSnapshot:
     has_twin: np.ndarray
     threshold: float
     model_version: str
+    part: np.ndarray  # partition and offset of each car's newest event: what its write is fenced on
+    off: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def fence(self, i: int) -> tuple[int, int]:
+        """(partition, offset) of car ``i``'s newest event (checkpoint.newer_than_stored)."""
+        return int(self.part[i]), int(self.off[i])
 
     @property
     def inserts(self) -> int:

@@ -27,6 +27,14 @@ event that no written snapshot contains; the commit of partition p is at most th
 - commits lag the stream by up to ``twin_interval_s`` (plus write time), which bounds the replay.
 
 The end of a run and a partition revoke write every car with applied events before the last commit.
+
+Fenced writes. A member that lost its partitions without noticing (SIGSTOPped or cut off past the
+session timeout) may still hold a snapshot and write it after the new owner wrote newer twins; its
+commit then fails, but the twins it wrote would have moved backwards, and a replay from the new
+owner's commit would start from them and skip events they never counted. So a twin write applies
+only if the car's newest event in it is at or past the stored offset of that partition
+(``newer_than_stored``; equal is the same state written again). Fenced-out writes are dropped: the
+stored twin already holds those events.
 """
 
 from __future__ import annotations
@@ -109,6 +117,10 @@ class TwinLedger:
     def has_work(self) -> bool:
         return bool(self.applied) or bool(self.unwritten.any())
 
+    def uncommitted(self) -> bool:
+        """True while something applied is not committed yet (what the health check calls pending work)."""
+        return bool(self.unwritten.any()) or any(o > self.committed.get(p, -1) for p, o in self.applied.items())
+
     def due(self, now: float, everything: bool = False) -> np.ndarray:
         """Cars to write now: urgent ones always, then those without a twin, then the longest unwritten.
 
@@ -151,3 +163,13 @@ class TwinLedger:
 
     def unwritten_count(self) -> int:
         return int(self.unwritten.sum())
+
+
+def newer_than_stored(stored_offsets: dict[str, int], partition: int, offset: int) -> bool:
+    """True when a twin whose newest event is (partition, offset) may replace one with ``stored_offsets``."""
+    return stored_offsets.get(str(partition), -1) <= offset
+
+
+def fence_filter(car: str, partition: int, offset: int) -> dict:
+    """``newer_than_stored`` as a MongoDB update filter (``$not $gt`` also matches a partition never stored)."""
+    return {"_id": car, f"offsets.{partition}": {"$not": {"$gt": offset}}}

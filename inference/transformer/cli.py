@@ -28,7 +28,8 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
     """Score car events from Kafka with the model server; write alerts on status changes and the digital twin.
 
     Offsets are committed only after the alerts are acknowledged by Kafka and the twin write succeeded;
-    undecodable records go to the dead-letter topic with the reason.
+    undecodable records and implausible readings go to the dead-letter topic with the reason. SIGTERM
+    stops within FLEETPULSE_SCORE_STOP_TIMEOUT_S (30 s), committing only what is durable.
     """
     from inference.transformer.settings import ScoreSettings
 
@@ -36,11 +37,12 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
                              model_grpc=model_grpc, model_name=model_name, mongodb_uri=mongodb_uri, alerts_topic=alerts_topic,
                              metrics_port=metrics_port)
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    transformer = build(settings, progress)
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
+    from inference.transformer.health import Health, serve
 
-        start_http_server(settings.metrics_port)
+    health = Health(settings.stuck_after_s)
+    if settings.metrics_port:
+        serve(health, settings.metrics_port)  # /metrics, /healthz, /readyz (not ready until the loop runs)
+    transformer = build(settings, progress, health)
     signal.signal(signal.SIGTERM, lambda *_: transformer.stop())
     progress(f"scoring {settings.topic} (group {settings.group_id}) with {settings.model_name} at {settings.model_grpc}; "
              f"alerts -> {settings.alerts_topic}, twin -> {settings.twin_database}.{settings.twin_collection} "
@@ -61,7 +63,7 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
                    f"({result['twin_inserts']:,} new)")
 
 
-def build(settings, progress):
+def build(settings, progress, health=None):
     """Check every dependency answers, then wire the transformer from ready clients."""
     from confluent_kafka import Consumer, Producer
 
@@ -77,7 +79,8 @@ def build(settings, progress):
     client.wait_ready(timeout_s=30)
     consumer = Consumer(settings.consumer_config())
     producer = Producer(settings.producer_config())
-    twins = TwinStore(mongo, settings.twin_database, settings.twin_collection, settings.twin_write_timeout_s)
-    transformer = Transformer(settings, consumer, producer, client, twins, progress)
+    twins = TwinStore(mongo, settings.twin_database, settings.twin_collection, settings.twin_write_timeout_s,
+                      settings.twin_refuse_after)
+    transformer = Transformer(settings, consumer, producer, client, twins, progress, health=health)
     consumer.subscribe([settings.topic], on_revoke=transformer.on_revoke, on_lost=transformer.on_lost)
     return transformer

@@ -11,15 +11,19 @@ from fleetpulse.hysteresis import STATUS_NAMES
 CONSUMED = Counter("fleetpulse_transformer_consumed", "Records consumed from sensor-data")
 SCORED = Counter("fleetpulse_transformer_scored", "Events scored by the model server")
 SKIPPED = Counter("fleetpulse_transformer_replay_skipped", "Replayed events already applied to the twin")
-DLQ = Counter("fleetpulse_transformer_dlq", "Undecodable records sent to the dead-letter topic")
+DLQ = Counter("fleetpulse_transformer_dlq", "Records sent to the dead-letter topic (undecodable, implausible, scored non-finite)", ["kind"])
+KAFKA_REJECTED = Counter("fleetpulse_transformer_kafka_rejected", "Records Kafka refused after every attempt", ["topic"])
+DROPPED = Counter("fleetpulse_transformer_dropped", "Dead letters Kafka refused even as a prefix: dropped (logged)", ["topic"])
 ALERTS = Counter("fleetpulse_transformer_alerts", "Alerts (status changes) produced", ["status"])
 RETRIES = Counter("fleetpulse_transformer_retries", "Retries after a dependency failed", ["dependency"])
 BATCH_ROWS = Histogram("fleetpulse_transformer_infer_batch_rows", "Rows per infer request",
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000))
 E2E_LATENCY = Histogram("fleetpulse_transformer_event_to_alert_seconds", "Kafka timestamp of the event -> alert acknowledged",
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+MODEL_INPUT_CHANGES = Counter("fleetpulse_transformer_model_input_changes", "Times the served model's input shape changed and was followed")
 LAG = Gauge("fleetpulse_transformer_consumer_lag", "High watermark minus committed position", ["partition"])
-TWIN_WRITES = Counter("fleetpulse_transformer_twin_writes", "Twin documents written (insert: car had none; update: upsert)", ["kind"])
+TWIN_WRITES = Counter("fleetpulse_transformer_twin_writes", "Twin documents written (insert: car had none; update: upsert; "
+                      "fenced: a newer twin was stored, left as it was; refused: MongoDB refused it, dead-lettered)", ["kind"])
 TWIN_WRITE_RATE = Gauge("fleetpulse_transformer_twin_write_rate", "Twin documents per second of the last bulk write")
 TWINS_PENDING = Gauge("fleetpulse_transformer_twins_pending", "Cars whose applied events are in no durable twin yet (incl. the bulk in flight)")
 TWIN_WRITE_SECONDS = Histogram("fleetpulse_transformer_twin_write_seconds", "Seconds per twin bulk write (retries included)",
@@ -38,6 +42,9 @@ class RunSummary:
     alerts_by_status: dict = field(default_factory=lambda: {s: 0 for s in STATUS_NAMES})
     twin_writes: int = 0
     twin_inserts: int = 0  # of twin_writes, cars that had no twin yet
+    twins_fenced: int = 0  # of twin_writes, cars whose stored twin was newer (another member wrote it)
+    twins_refused: int = 0  # twin documents MongoDB refused, dead-lettered
+    unwritten_at_stop: int = 0  # cars a stop left without a written twin (replayed by the next owner)
     checkpoints: int = 0
     retries: dict = field(default_factory=dict)
     seconds: float = 0.0

@@ -45,6 +45,14 @@ class ScoreSettings(KafkaClientSettings):
     hysteresis_m: int = Field(_RULE.m, ge=1)
     metrics_port: int = Field(9101, ge=0, le=65535)  # 0 = no metrics server
     retry_max_s: float = Field(5.0, gt=0, description="longest wait between retries of a dependency (backoff cap)")
+    stuck_after_s: float | None = Field(None, gt=0, description="/healthz and /readyz fail once work is pending and no commit "
+                                                                 "advanced for this long; longer than twin_interval_s "
+                                                                 "(default: 3 x twin_interval_s, at least 180)")
+    stop_timeout_s: float = Field(30.0, gt=0, description="longest a stop (SIGTERM) takes; a final checkpoint not done by then "
+                                                          "is left to the replay (keep below the pod's grace period)")
+    produce_attempts: int = Field(5, ge=1, description="times a record Kafka refuses is produced before it is dead-lettered")
+    twin_refuse_after: int = Field(3, ge=1, description="times a twin document MongoDB refuses (while it answers) is tried "
+                                                        "before it is dead-lettered")
     # librdkafka tuning (the no-loss settings are fixed in consumer_config/producer_config, not settings).
     consumer_fetch_wait_max_ms: int = Field(50, ge=0, description="librdkafka fetch.wait.max.ms: longest a fetch waits for data")
     consumer_queued_min_messages: int = Field(200_000, ge=1, description="librdkafka queued.min.messages prefetched per partition")
@@ -59,6 +67,15 @@ class ScoreSettings(KafkaClientSettings):
     def _hysteresis_consistent(self):
         if not self.hysteresis_k_warning <= self.hysteresis_k_failing <= self.hysteresis_n:
             raise ValueError("hysteresis needs k_warning <= k_failing <= n")
+        return self
+
+    @model_validator(mode="after")
+    def _stuck_after_the_twin_interval(self):
+        # Deferred twins hold commits back for up to twin_interval_s: that is not being stuck.
+        if self.stuck_after_s is None:
+            self.stuck_after_s = max(180.0, 3 * self.twin_interval_s)
+        elif self.stuck_after_s <= self.twin_interval_s:
+            raise ValueError(f"stuck_after_s ({self.stuck_after_s:g}) must be longer than twin_interval_s ({self.twin_interval_s:g})")
         return self
 
     @property

@@ -4,22 +4,36 @@ bulk load, insert and upsert.
 Writes set absolute values computed by the transformer, never increments, so writing the same state
 twice leaves the same document. Replays are made idempotent one step earlier: the transformer loads a
 car's twin before applying its first event and skips events at or below the stored offset of that
-partition, so a replayed event is never counted twice. (A filter guard on the stored offset inside
-the upsert was measured on FerretDB 1.24/SQLite at ~9 upserts/s: it scans instead of using _id.)
+partition, so a replayed event is never counted twice.
+
+Fenced (checkpoint.newer_than_stored): on MongoDB the rule is in the update filter, atomic with the
+write. FerretDB 1.24 (SQLite) pushes a filter down only when it is exactly ``{_id: <string>}`` and
+otherwise reads the whole table for each update (measured: ~20 fenced upserts/s against ~950 by _id
+at 20,000 twins, ~1/s when the fence refuses); its updates are read-modify-write without a
+transaction anyway, so a filter there would be no more atomic than reading the stored offset by _id
+and comparing, which is what the store does on FerretDB (one find by _id per car).
+
+Bad documents do not block the others: a bulk that fails while the server answers a ping is split
+until the document it refuses is alone, which is tried ``refuse_after`` times and then handed back
+with the reason (the transformer dead-letters it). FerretDB refuses NaN by closing the connection,
+so the error type says nothing; the ping tells an outage (retried, whole) from a refusal. Timeouts
+are never refusals: a wedged server is an outage.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Callable
 
 from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.twin import TwinDocument
 from inference.transformer import metrics
 from inference.transformer.car_table import TwinSnapshot
+from inference.transformer.checkpoint import fence_filter, newer_than_stored
 from inference.transformer.retrying import Retries
 
 
@@ -39,12 +53,29 @@ _DUPLICATE_KEY = 11000
 _LOAD_FIELDS = {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}  # what CarTable.restore reads
 
 
+@dataclass
+class Saved:
+    """What a fenced save did: cars written, cars whose stored twin was newer, documents refused (with why)."""
+
+    written: int = 0
+    fenced: list[str] = field(default_factory=list)
+    refused: list[tuple[TwinDocument, str]] = field(default_factory=list)
+
+    def add(self, other: "Saved") -> None:
+        self.written += other.written
+        self.fenced += other.fenced
+        self.refused += other.refused
+
+
 class TwinStore:
-    def __init__(self, client, database: str, collection: str, timeout_s: float | None = None):
+    def __init__(self, client, database: str, collection: str, timeout_s: float | None = None, refuse_after: int = 3):
+        self.client = client
         self.collection = client[database][collection]
         # A wedged server (see BULK_CHUNK) never answers; a bounded wait turns that into an error the
         # transformer retries and reports instead of a silent hang.
         self.timeout_s = timeout_s
+        self.refuse_after = refuse_after
+        self._fence_in_filter: bool | None = None  # MongoDB: yes; FerretDB: read and compare (module docstring)
 
     def count(self) -> int:
         return self.collection.estimated_document_count()
@@ -66,12 +97,110 @@ class TwinStore:
                 out[doc["_id"]] = doc
         return out
 
-    def save(self, new: list[TwinDocument], existing: list[TwinDocument]) -> None:
-        """Insert the twins of cars that have none, upsert the others."""
-        if new:
-            self.insert(new)
-        if existing:
-            self.write((doc["_id"], as_set_fields(doc)) for doc in existing)
+    def save(self, snapshot: TwinSnapshot) -> Saved:
+        """Insert the twins of cars that have none, update the others, both fenced; raises only for an outage."""
+        new: list[tuple[TwinDocument, tuple[int, int]]] = []
+        existing: list[tuple[TwinDocument, tuple[int, int]]] = []
+        for i in range(len(snapshot)):
+            (existing if snapshot.has_twin[i] else new).append((snapshot.document(i), snapshot.fence(i)))
+        saved = Saved()
+        for i in range(0, len(new), INSERT_CHUNK):
+            saved.add(self._isolating(new[i : i + INSERT_CHUNK], self._insert_fenced))
+        for i in range(0, len(existing), BULK_CHUNK):
+            saved.add(self._isolating(existing[i : i + BULK_CHUNK], self._update_fenced))
+        return saved
+
+    def _insert_fenced(self, items: list) -> Saved:
+        import pymongo
+        from pymongo.errors import BulkWriteError
+
+        try:
+            with pymongo.timeout(self.timeout_s):
+                self.collection.insert_many([doc for doc, _ in items], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+            # Another writer inserted these first (or a lost reply hid our own insert): fenced updates.
+            dup = {e["index"] for e in errors}
+            saved = self._update_fenced([items[i] for i in sorted(dup)])
+            saved.written += len(items) - len(dup)
+            return saved
+        return Saved(written=len(items))
+
+    def _update_fenced(self, items: list) -> Saved:
+        import pymongo
+        from pymongo import UpdateOne
+        from pymongo.errors import BulkWriteError
+
+        if self._fence_in_filter is None:
+            self._fence_in_filter = "ferretdbVersion" not in self.client.admin.command("buildInfo")
+        if not self._fence_in_filter:
+            stored = {doc["_id"]: self._stored_offsets(doc["_id"]) for doc, _ in items}
+            keep = [(doc, f) for doc, f in items if newer_than_stored(stored[doc["_id"]], *f)]
+            fenced = [doc["_id"] for doc, f in items if not newer_than_stored(stored[doc["_id"]], *f)]
+            return Saved(self.write((doc["_id"], as_set_fields(doc)) for doc, _ in keep), fenced)
+        ops = [UpdateOne(fence_filter(doc["_id"], *f), {"$set": as_set_fields(doc)}, upsert=True) for doc, f in items]
+        try:
+            with pymongo.timeout(self.timeout_s):
+                self.collection.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+            # The fence filter did not match an existing twin, so the upsert tried to insert it again.
+            fenced = [items[e["index"]][0]["_id"] for e in errors]
+            return Saved(len(items) - len(fenced), fenced)
+        return Saved(len(items))
+
+    def _stored_offsets(self, car: str) -> dict[str, int]:
+        import pymongo
+
+        with pymongo.timeout(self.timeout_s):
+            doc = self.collection.find_one({"_id": car}, {"offsets": 1})
+        return {str(k): int(v) for k, v in (doc or {}).get("offsets", {}).items()}
+
+    def _isolating(self, items: list, write: Callable[[list], Saved]) -> Saved:
+        """``write(items)``; if the server answers but refuses it, halves until the refused documents are alone."""
+        from pymongo.errors import PyMongoError
+
+        try:
+            return write(items)
+        except PyMongoError as exc:
+            if getattr(exc, "timeout", False) or not self._answers():
+                raise
+            if len(items) > 1:
+                half = len(items) // 2
+                saved = self._isolating(items[:half], write)
+                saved.add(self._isolating(items[half:], write))
+                return saved
+            return self._one(items, write, exc)
+
+    def _one(self, item: list, write: Callable[[list], Saved], exc: Exception) -> Saved:
+        from pymongo.errors import PyMongoError
+
+        for attempt in range(1, self.refuse_after):
+            time.sleep(0.2 * 2**attempt)
+            try:
+                return write(item)
+            except PyMongoError as again:
+                if getattr(again, "timeout", False) or not self._answers():
+                    raise
+                exc = again
+        doc = item[0][0]
+        return Saved(refused=[(doc, f"MongoDB refused the twin of {doc['_id']} {self.refuse_after} times: "
+                                    f"{type(exc).__name__}: {str(exc)[:300]}")])
+
+    def _answers(self) -> bool:
+        import pymongo
+        from pymongo.errors import PyMongoError
+
+        try:
+            with pymongo.timeout(5.0):
+                self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
 
     def write(self, updates: Iterable[tuple[str, dict]]) -> int:
         """Upsert ``$set`` documents in one unordered bulk; returns the number of cars written."""
@@ -147,14 +276,21 @@ class Write:
     snapshot: TwinSnapshot
     to_commit: dict[int, int]
 
+    @property
+    def saved(self) -> Saved:
+        return self.future.result()
+
 
 class TwinWriter:
-    """Writes twin snapshots on one background thread, one at a time, while scoring goes on."""
+    """Writes twin snapshots on a background thread, one at a time, while scoring goes on.
+
+    A daemon thread per snapshot, not an executor: the interpreter joins executor threads at exit,
+    so a stop that gives up on a write (MongoDB down) would wait for it anyway.
+    """
 
     def __init__(self, store: TwinStore, retries: Retries):
         self.store = store
         self.retries = retries
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="twin-writer")
         self._writing: Write | None = None
 
     @property
@@ -162,26 +298,40 @@ class TwinWriter:
         return self._writing is not None
 
     def submit(self, snapshot: TwinSnapshot, to_commit: dict[int, int]) -> None:
-        self._writing = Write(self._thread.submit(self._write, snapshot), snapshot, to_commit)
+        future: Future = Future()
+        self._writing = Write(future, snapshot, to_commit)
+        threading.Thread(target=self._run, args=(future, snapshot), name="twin-writer", daemon=True).start()
 
-    def finish(self, wait: bool) -> Write | None:
-        """The write in flight once it has succeeded (waited for with ``wait``), else None."""
+    def finish(self, wait: bool, timeout_s: float | None = None) -> Write | None:
+        """The write in flight once it has succeeded (waited for with ``wait``, at most ``timeout_s``), else None."""
         writing = self._writing
         if writing is None or not (wait or writing.future.done()):
             return None
-        writing.future.result()
+        try:
+            writing.future.result(timeout_s)
+        except TimeoutError:
+            return None
         self._writing = None
         return writing
 
-    def _write(self, snapshot: TwinSnapshot) -> None:
+    def _run(self, future: Future, snapshot: TwinSnapshot) -> None:
+        try:
+            future.set_result(self._write(snapshot))
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            future.set_exception(exc)
+
+    def _write(self, snapshot: TwinSnapshot) -> Saved:
         t0 = time.monotonic()
-        self.retries.call("mongodb", lambda: self.store.save(*snapshot.documents()))
+        saved = self.retries.call("mongodb", lambda: self.store.save(snapshot))
         seconds = time.monotonic() - t0
         metrics.TWIN_WRITES.labels("insert").inc(snapshot.inserts)
         metrics.TWIN_WRITES.labels("update").inc(len(snapshot) - snapshot.inserts)
+        metrics.TWIN_WRITES.labels("fenced").inc(len(saved.fenced))
+        metrics.TWIN_WRITES.labels("refused").inc(len(saved.refused))
         metrics.TWIN_WRITE_SECONDS.observe(seconds)
         if len(snapshot):
             metrics.TWIN_WRITE_RATE.set(len(snapshot) / max(seconds, 1e-6))
+        return saved
 
 
 def as_set_fields(doc: dict) -> dict:

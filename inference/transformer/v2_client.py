@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -80,6 +81,16 @@ class V2Client:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise
             raise BrokerUnavailable(f"model server {self.target}: {exc.code().name}") from exc
+
+    @staticmethod
+    def wait(future: grpc.Future, check: Callable[[], None], poll_s: float = 0.5) -> None:
+        """Block until ``future`` is done, calling ``check()`` every ``poll_s`` (it may raise to give up)."""
+        while True:
+            try:
+                future.exception(timeout=poll_s)
+                return
+            except grpc.FutureTimeoutError:
+                check()
 
     def infer(self, x: np.ndarray) -> InferResult:
         return self.parse(self._infer(self.request(x), timeout=self.timeout_s))

@@ -20,14 +20,22 @@ from devtools.stack.process import free_port
 from fleetpulse import model_store
 from fleetpulse.clients import gcs_client
 from fleetpulse.codec import encode_batch
-from fleetpulse.contract import N_FEATURES
+from fleetpulse.contract import N_FEATURES, SENSOR_FIELDS
+from fleetpulse.readings import HIGH, LOW
 from tests.support.paths import FLEETPULSE
 
 BUCKET = "fleetpulse-models"
 
-# Healthy readings are N(MEAN, STD); the fixture model scores mean squared z-score, so ~1 when healthy.
-MEAN = np.linspace(10.0, 100.0, N_FEATURES).astype(np.float32)
-STD = np.full(N_FEATURES, 2.0, dtype=np.float32)
+# Healthy readings are N(MEAN, STD/2); the fixture model scores mean squared z-score, so ~0.25 when
+# healthy and ~65 for failing ones (8 STD off). Both stay inside every reading's physical range
+# (fleetpulse.readings), which the transformer dead-letters readings outside of; tyre pressures and
+# the firmware sit where real cars have them, so payloads keep the codec's fast layout.
+_PRESSURES = [i for i, name in enumerate(SENSOR_FIELDS) if name.startswith("tire_pressure")]
+_FIRMWARE = SENSOR_FIELDS.index("control_unit_firmware")
+MEAN = ((LOW + HIGH) / 2).astype(np.float32)
+STD = ((HIGH - LOW) / 50).astype(np.float32)
+MEAN[_PRESSURES], STD[_PRESSURES] = 32.0, 1.0
+MEAN[_FIRMWARE], STD[_FIRMWARE] = 1000.0, 10.0
 THRESHOLD = 3.0
 
 

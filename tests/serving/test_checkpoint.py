@@ -1,4 +1,5 @@
-"""The transformer's no-loss rules without Kafka: when a car's twin is due, and how far a commit may go.
+"""The transformer's no-loss rules without Kafka: when a car's twin is due, how far a commit may go, what
+a stale writer may overwrite, and that a failed chunk is never passed.
 
 ``Stream`` plays the loop against a TwinLedger and remembers every event, what each written snapshot
 held and what the DLQ took, so a property test can check the ledger's commits over any interleaving.
@@ -12,7 +13,7 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from inference.transformer.checkpoint import TwinLedger
+from inference.transformer.checkpoint import TwinLedger, fence_filter, newer_than_stored
 
 PARTITIONS = 3
 CARS = 4
@@ -206,3 +207,81 @@ def test_a_healthy_car_is_due_again_one_twin_interval_after_it_was_handed_to_the
         stream.finish_write()
     stream.poll_batch([(2, 2)])
     assert stream.start_checkpoint(1.0) == [2]
+
+
+# ---- fenced twin writes ------------------------------------------------------------------------
+
+writer = st.tuples(st.integers(0, 2), st.integers(0, 30))  # (partition, offset) of a snapshot's newest event of the car
+
+
+@given(st.lists(writer, min_size=1, max_size=20))
+def test_a_fenced_write_never_moves_a_twin_back_on_any_partition(writes):
+    """Members write the same car with snapshots of any age, in any order (a stale member wakes up late):
+    the stored offset of every partition only grows, and the newest snapshot of a partition always lands."""
+    stored: dict[str, int] = {}
+    for p, o in writes:
+        before = dict(stored)
+        if newer_than_stored(stored, p, o):
+            stored[str(p)] = o
+        assert all(stored[k] >= v for k, v in before.items())
+    for p in {p for p, _ in writes}:
+        assert stored[str(p)] == max(o for q, o in writes if q == p)
+
+
+def test_the_same_snapshot_written_again_applies_and_an_older_one_does_not():
+    assert newer_than_stored({"0": 7}, 0, 7) and newer_than_stored({"0": 7}, 0, 8) and not newer_than_stored({"0": 7}, 0, 6)
+    assert newer_than_stored({"0": 7}, 1, 0)  # a partition the twin never saw (the topic was resized)
+
+
+def test_the_fence_filter_is_the_same_rule_on_the_twin_document():
+    assert fence_filter("car-1", 2, 40) == {"_id": "car-1", "offsets.2": {"$not": {"$gt": 40}}}
+
+
+# ---- a chunk that fails ------------------------------------------------------------------------
+
+
+class Reply:
+    """An infer request's future, finished when the test says so."""
+
+    def __init__(self):
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(car, min_size=0, max_size=6), min_size=1, max_size=6), st.integers(1, 3), st.integers(1, 4), st.data())
+def test_a_failed_chunk_is_never_passed_by_a_commit_of_the_chunks_behind_it(polls, chunk_size, max_in_flight, data):
+    """Poll batches cut into chunks (the last carries the batch's offsets) go in flight and their replies
+    come back in any order; one chunk raises when applied. Whatever was in flight behind it, nothing the
+    ledger may commit afterwards reaches its events, even once everything left is applied and written."""
+    from inference.transformer.batching import Chunk, Events, InFlight
+
+    ledger, in_flight, offset, chunks = TwinLedger(INTERVAL, 100), InFlight(max_in_flight), 0, []
+    for cars in polls:
+        n = len(cars)
+        events = Events(np.array(cars, np.int64), np.zeros((n, 1)), np.zeros(n, np.int32), np.arange(offset, offset + n), np.zeros(n))
+        offset += n
+        cuts = [slice(s, s + chunk_size) for s in range(0, n, chunk_size)] or [slice(0, 0)]
+        chunks += [Chunk(events[sl], Reply(), None, {0: offset - 1} if sl is cuts[-1] and n else {}) for sl in cuts]
+    failing = data.draw(st.sampled_from([c for c in chunks if len(c.events)] or chunks))
+
+    def apply(chunk):
+        if chunk is failing:
+            raise RuntimeError("the model server rejected the request")
+        ledger.events_applied(chunk.events.cars, chunk.events.partitions, chunk.events.offsets)
+        ledger.batch_done(chunk.done)
+
+    for chunk in chunks:
+        in_flight.submit(chunk)
+    try:
+        for i in data.draw(st.permutations(range(len(chunks)))):
+            chunks[i].future.finished = True
+            in_flight.drain(apply)
+        in_flight.drain(apply, everything=True)
+    except RuntimeError:
+        in_flight.drain(apply, everything=True)  # what the loop's final checkpoint does after a failure
+    committed = ledger.take(ledger.due(0.0, everything=True), 0.0)
+    if len(failing.events):
+        assert committed.get(0, -1) < int(failing.events.offsets[0])

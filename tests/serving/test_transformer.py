@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fleetpulse.alerts import decode_alert
-from fleetpulse.topics import DLQ_REASON_HEADER
+from fleetpulse.topics import DLQ_KIND_HEADER, DLQ_REASON_HEADER
 from tests.serving.harness import N_CARS, ModelServer, Run, cars, failing_rows, healthy_rows, produce_one_failing_car, stream_and_kill
 
 
@@ -83,3 +83,22 @@ def test_mongodb_killed_mid_stream_loses_nothing(model_server, private_service, 
     run.env["FLEETPULSE_SCORE_TWIN_INTERVAL_S"] = "0.5"
     summary = stream_and_kill(run, mongo.kill, mongo.start, tmp_path=tmp_path)
     assert summary["retries"].get("mongodb", 0) > 0
+
+
+def test_nan_infinite_and_impossible_readings_go_to_the_dlq_and_never_clear_a_failing_car(model_server, kafka_bootstrap, mongodb_uri, unique):
+    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+    rng = np.random.default_rng(12)
+    ids = produce_one_failing_car(run, rng, steps=20, fails_from=5)  # car-000 is failing by its 11th reading
+    bad = healthy_rows(3, rng)
+    bad[0, 2], bad[1, 5], bad[2, 3] = np.nan, np.inf, 7.0  # battery_percentage 7 is impossible (a fraction)
+    for _ in range(4):  # more than the m = 5 clean readings would clear it, had they counted as clean
+        run.produce(bad, ["car-000"] * 3)
+    run.producer.flush()
+
+    summary = run.score()
+    assert summary["dlq"] == 12 and summary["scored"] == 20 * N_CARS
+    twins = run.twins()
+    assert twins["car-000"]["status"] == "failing" and twins["car-000"]["counters"]["events"] == 20
+    assert all(np.isfinite(list(t["last_readings"].values())).all() for t in twins.values())
+    kinds = sorted(dict(m.headers())[DLQ_KIND_HEADER].decode() for m in run.read(run.dlq, expect_at_least=12))
+    assert kinds == ["non_finite"] * 8 + ["out_of_range"] * 4

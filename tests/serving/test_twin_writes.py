@@ -212,3 +212,52 @@ def test_inserting_a_twin_that_already_exists_leaves_the_same_document_as_an_ups
     assert docs == {"car-a": {"_id": "car-a", "status": "warning", "offsets": {"0": 5}},
                     "car-b": {"_id": "car-b", "status": "ok", "offsets": {"0": 2}},
                     "car-c": {"_id": "car-c", "status": "ok", "offsets": {"1": 3}}}
+
+
+def snapshot(cars: list[str], offsets: list[int], scores: list[float] | None = None, has_twin: bool = True):
+    """A twin snapshot of these cars, each with one event at its offset on partition 0."""
+    from fleetpulse.hysteresis import Rule
+    from inference.transformer.batching import Events
+    from inference.transformer.car_table import CarTable
+
+    n = len(cars)
+    table = CarTable(Rule())
+    idx, _ = table.lookup([c.encode() for c in cars])
+    rows = np.tile(healthy_rows(1, np.random.default_rng(0)), (n, 1))
+    table.apply(Events(idx, rows, np.zeros(n, np.int32), np.array(offsets), np.zeros(n)),
+                np.array(scores or [1.0] * n, np.float32), np.zeros(n, bool))
+    return table.snapshot(idx, np.full(n, has_twin), 3.0, "1")
+
+
+def test_a_stale_members_twin_write_is_fenced_out_on_ferretdb_and_a_newer_one_applies(mongodb_uri, unique):
+    from pymongo import MongoClient
+
+    from inference.transformer.checkpoint import fence_filter
+    from inference.transformer.twin_store import TwinStore
+
+    client = MongoClient(mongodb_uri)
+    store = TwinStore(client, "fleetpulse", f"cars_{unique}")
+    assert store.save(snapshot(["car-a", "car-b"], [10, 10], has_twin=False)).written == 2
+    saved = store.save(snapshot(["car-a", "car-b"], [12, 7]))  # car-b's writer is behind the stored twin
+    assert saved.written == 1 and saved.fenced == ["car-b"]
+    docs = {d["_id"]: d for d in client["fleetpulse"][f"cars_{unique}"].find()}
+    assert docs["car-a"]["offsets"] == {"0": 12} and docs["car-b"]["offsets"] == {"0": 10}
+    assert store.save(snapshot(["car-a"], [5], has_twin=False)).fenced == ["car-a"]  # a raced insert is fenced too
+    # The filter form (what MongoDB gets) means the same on FerretDB 1.24's operators.
+    coll = client["fleetpulse"][f"cars_{unique}"]
+    assert coll.update_one(fence_filter("car-a", 0, 11), {"$set": {"x": 1}}).matched_count == 0
+    assert coll.update_one(fence_filter("car-a", 0, 12), {"$set": {"x": 1}}).matched_count == 1
+    assert coll.update_one(fence_filter("car-a", 3, 0), {"$set": {"x": 1}}).matched_count == 1  # partition never stored
+
+
+def test_a_twin_ferretdb_refuses_is_handed_back_while_the_others_are_written(mongodb_uri, unique):
+    """FerretDB refuses NaN by closing the connection; one such document once wedged every car's twin."""
+    from pymongo import MongoClient
+
+    from inference.transformer.twin_store import TwinStore
+
+    client = MongoClient(mongodb_uri)
+    store = TwinStore(client, "fleetpulse", f"cars_{unique}", timeout_s=20)
+    saved = store.save(snapshot([f"car-{i}" for i in range(6)], list(range(6)), [1.0, 1.0, float("nan"), 1.0, 1.0, 1.0], False))
+    assert saved.written == 5 and [doc["_id"] for doc, _ in saved.refused] == ["car-2"]
+    assert sorted(d["_id"] for d in client["fleetpulse"][f"cars_{unique}"].find()) == ["car-0", "car-1", "car-3", "car-4", "car-5"]
