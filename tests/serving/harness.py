@@ -70,13 +70,59 @@ def build_saved_model(path: Path, threshold: float = THRESHOLD, scale: float = 1
     return path
 
 
-def publish_model(gcs_endpoint: str, model: str, tmp: Path, **kwargs) -> int:
+def build_windowed_model(path: Path, window: int, threshold: float = THRESHOLD) -> Path:
+    """A valid LSTM-shaped SavedModel: input [N, window, 18] -> the z-score of each window's newest reading."""
+    import tensorflow as tf
+
+    class Newest(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.threshold = tf.Variable(np.float32(threshold), trainable=False, name="threshold")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, window, N_FEATURES], tf.float32, name="input")])
+        def serve(self, input):  # noqa: A002 - the contract names the input `input`
+            score = tf.reduce_mean(tf.square((input[:, -1, :] - MEAN) / STD), axis=1)
+            return {"score": score, "anomaly": score > self.threshold}
+
+    module = Newest()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def build_broken_model(path: Path, how: str) -> Path:
+    """A SavedModel the server must refuse: ``truncated`` (saved_model.pb cut short), ``wrong_signature``
+    (input named ``x``, no ``anomaly``) or ``nan_scores`` (NaN for every reading)."""
+    import tensorflow as tf
+
+    if how == "truncated":
+        build_saved_model(path)
+        pb = path / "saved_model.pb"
+        pb.write_bytes(pb.read_bytes()[: pb.stat().st_size // 3])
+        return path
+
+    class Broken(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, N_FEATURES], tf.float32, name="x" if how == "wrong_signature" else "input")])
+        def serve(self, x):
+            score = tf.reduce_mean(x, axis=1) * np.float32("nan")
+            return {"score": score} if how == "wrong_signature" else {"score": score, "anomaly": score > THRESHOLD}
+
+    module = Broken()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def publish_saved(gcs_endpoint: str, model: str, saved: Path, metadata: dict | None = None) -> int:
+    """Publish a SavedModel directory as the model's next version (autoencoder metadata unless given)."""
     gcs = gcs_client(gcs_endpoint)
-    saved = build_saved_model(tmp / f"saved-{time.monotonic_ns()}", **kwargs)
     version = model_store.claim_next_version(gcs, BUCKET, model)
-    metadata = {"model_type": "autoencoder", "threshold": kwargs.get("threshold", THRESHOLD), "features": N_FEATURES}
-    model_store.publish(gcs, version, saved, metadata)
+    model_store.publish(gcs, version, saved, metadata or {"model_type": "autoencoder", "threshold": THRESHOLD, "features": N_FEATURES})
     return version.version
+
+
+def publish_model(gcs_endpoint: str, model: str, tmp: Path, **kwargs) -> int:
+    saved = build_saved_model(tmp / f"saved-{time.monotonic_ns()}", **kwargs)
+    metadata = {"model_type": "autoencoder", "threshold": kwargs.get("threshold", THRESHOLD), "features": N_FEATURES}
+    return publish_saved(gcs_endpoint, model, saved, metadata)
 
 
 class ModelServer:
