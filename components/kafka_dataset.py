@@ -132,9 +132,12 @@ def is_eval_car(keys: np.ndarray, eval_share: float) -> np.ndarray:
 
 def _decode(messages):
     from fleetpulse.codec import decode_batch
+    from fleetpulse.readings import implausible
 
     batch = decode_batch(messages.numpy())
-    return batch.values, batch.valid
+    # A NaN row makes every robust statistic (np.median) and so the whole model NaN: such rows are
+    # dropped and counted, like the bridge and the transformer dead-letter them.
+    return batch.values, batch.valid, batch.valid & ~implausible(batch.values)
 
 
 def raw_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
@@ -171,15 +174,17 @@ def raw_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
 
 
 def decoded_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
-    """tf.data of (values float32 [B,18], valid bool [B], keys string [B]): header stripped and Avro
-    decoded per batch with the vectorised codec (measured faster than TF-IO's decode_avro; bench/train.py)."""
+    """tf.data of (values float32 [B,18], decodable bool [B], plausible bool [B], keys string [B]): header
+    stripped and Avro decoded per batch with the vectorised codec (measured faster than TF-IO's
+    decode_avro; bench/train.py); plausible = decodable with every reading inside fleetpulse.readings' ranges."""
     import tensorflow as tf
 
     def decode(messages, keys):
-        values, valid = tf.py_function(_decode, [messages], [tf.float32, tf.bool])
+        values, valid, plausible = tf.py_function(_decode, [messages], [tf.float32, tf.bool, tf.bool])
         values.set_shape([None, 18])
         valid.set_shape([None])
-        return values, valid, keys
+        plausible.set_shape([None])
+        return values, valid, plausible, keys
 
     return raw_dataset(bootstrap, window, chunk).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -192,6 +197,7 @@ class Records:
     keys: np.ndarray  # object [N] of bytes (car ids)
     undecodable: int
     window: Window
+    implausible: int = 0  # decodable, but a reading NaN, infinite or outside its physical range: dropped
 
     def __len__(self) -> int:
         return len(self.values)
@@ -202,17 +208,18 @@ def read_records(bootstrap: str, window: Window, min_records: int = 1, progress=
     require_kafka(bootstrap)
     if window.records < min_records:
         raise WindowError(f"{window.describe()} holds {window.records} records, fewer than the {min_records} needed")
-    values, keys, read, bad = [], [], 0, 0
-    for v, ok, k in decoded_dataset(bootstrap, window).as_numpy_iterator():
+    values, keys, read, bad, dropped = [], [], 0, 0, 0
+    for v, valid, ok, k in decoded_dataset(bootstrap, window).as_numpy_iterator():
         read += len(ok)
-        bad += int((~ok).sum())
+        bad += int((~valid).sum())
+        dropped += int((valid & ~ok).sum())
         values.append(v[ok])
         keys.append(k[ok])
         if progress:
             progress(read, window.records)
     if read != window.records:
         raise WindowError(f"read {read} of {window.records} records from {window.describe()}; the broker returned a short read")
-    return Records(np.concatenate(values), np.concatenate(keys), bad, window)
+    return Records(np.concatenate(values), np.concatenate(keys), bad, window, dropped)
 
 
 @dataclass
@@ -225,6 +232,7 @@ def read_timed_records(bootstrap: str, window: Window, min_records: int = 1) -> 
     from confluent_kafka import Consumer, TopicPartition
 
     from fleetpulse.codec import decode_batch
+    from fleetpulse.readings import implausible
 
     require_kafka(bootstrap)
     if window.records < min_records:
@@ -252,9 +260,10 @@ def read_timed_records(bootstrap: str, window: Window, min_records: int = 1) -> 
     finally:
         consumer.close()
     decoded = decode_batch(payloads)
-    ok = decoded.valid
+    ok = decoded.valid & ~implausible(decoded.values)
     key_arr = np.array(keys, dtype=object)
-    return TimedRecords(decoded.values[ok], key_arr[ok], int((~ok).sum()), window, np.asarray(ts, dtype=np.int64)[ok])
+    return TimedRecords(decoded.values[ok], key_arr[ok], int((~decoded.valid).sum()), window, int((decoded.valid & ~ok).sum()),
+                        ts_ms=np.asarray(ts, dtype=np.int64)[ok])
 
 
 def read_truth(bootstrap: str, topic: str):

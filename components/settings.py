@@ -7,6 +7,9 @@ from pydantic_settings import SettingsConfigDict
 from fleetpulse import endpoints
 from fleetpulse.settings import KafkaClientSettings
 
+MIN_F1 = 0.95
+"""The quality gate: below this F1 a model is never served (kubeflow/pipeline.py's default, `fleetpulse train --min-f1`'s)."""
+
 
 class TrainSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_TRAIN_", extra="ignore")

@@ -78,7 +78,8 @@ def train_step(p: TrainParams, out_dir: Path, progress: Progress = _quiet) -> di
         values, keys = values[train], keys[train]
     if len(values) < p.min_records:
         raise WindowError(f"{len(values)} decodable training records in {window.describe()}, fewer than {p.min_records}")
-    progress(f"train: {len(records)} records decoded in {read_s:.1f}s ({records.undecodable} undecodable), {len(values)} for training")
+    progress(f"train: {len(records)} records decoded in {read_s:.1f}s ({records.undecodable} undecodable, "
+             f"{records.implausible} with an implausible reading dropped), {len(values)} for training")
 
     center, scale = features.robust_stats(values)
     rng = np.random.default_rng(p.seed)
@@ -100,6 +101,7 @@ def train_step(p: TrainParams, out_dir: Path, progress: Progress = _quiet) -> di
         "records": len(records),
         "train_rows": int(len(x)),
         "undecodable": records.undecodable,
+        "implausible": records.implausible,
         "epochs": p.epochs,
         "loss": losses,
         "read_s": read_s,
