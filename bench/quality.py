@@ -7,7 +7,9 @@ car). Each model (both models and the robust z-score baseline) is trained and ca
 profile's training stretch and measured on every profile's detection stretch: the diagonal is the
 figure a fleet gets from a model trained on itself, the off-diagonal the one a fleet lives with when the
 model was trained on another. Figures come from fleetpulse.evaluation (alerts under the serving
-hysteresis); `recall` is the worst failure mode's.
+hysteresis); `recall` is the worst failure mode's. The models' threshold comes from the held-out
+cars' healthy scores (components.evaluate.healthy_tail_threshold); the baseline keeps its best-F1 one,
+the bar to beat (`calibration` in the JSON).
 
 `ceiling` is the recall a perfect detector would reach on each detection stretch through the same
 hysteresis: it flags every failing reading whose signature the car model lets show (a load-dependent
@@ -102,20 +104,19 @@ class Detector:
 
     def __init__(self, kind: str, values: np.ndarray, keys: np.ndarray, labels: evaluation.Labels, epochs: int):
         held = is_eval_car(keys, HELD_OUT)
-        calib_failing = labels.failing[held]
         center, scale = features.robust_stats(values[~held])
         self.kind, self.window = kind, models.DEFAULT_WINDOW
         t0 = time.perf_counter()
         if kind == BASELINE:
             self.z = evaluate.ZScoreBaseline(center, scale)
-            self.threshold = evaluate.best_f1_threshold(self.z.score(values[held]), calib_failing)
+            self.threshold = evaluate.best_f1_threshold(self.z.score(values[held]), labels.failing[held])
         else:
             self.model = models.build_autoencoder(center, scale) if kind == models.AUTOENCODER else models.build_lstm(center, scale, self.window)
             x = self._inputs(values, keys, np.flatnonzero(~held))
             models.fit(self.model, x, epochs)
             self.rscale = models.residual_scale(self.model, x)
             calib = models.score(self.model, self._inputs(values, keys, np.flatnonzero(held)), self.rscale)
-            self.threshold = max(evaluate.best_f1_threshold(calib, calib_failing), evaluate.HEALTHY_SCORE)
+            self.threshold = evaluate.healthy_tail_threshold(calib, labels.subset(held))
         self.fit_s = time.perf_counter() - t0
 
     def _inputs(self, values, keys, rows=None):
@@ -217,6 +218,8 @@ def main() -> None:
     matrix, ceiling, fit_s = run_matrix(args.profiles, cars, epochs)
     sensor_cells = run_sensor_layer(args.profiles, cars) if "default" in args.profiles else []
     result = {"default_model": models.AUTOENCODER, "matrix": matrix, "ceiling": ceiling,
+              "calibration": {models.AUTOENCODER: "healthy_tail", models.LSTM: "healthy_tail", BASELINE: "best_f1",
+                              "false_alert_budget_per_1000_car_hours": evaluate.FALSE_ALERT_BUDGET},
               "sensor_layer": {"sensors": asdict(SENSORS), "cells": sensor_cells},
               "fleet": {"cars": cars, "failing_share": 0.05, "train_events_per_car": TRAIN_EVENTS, "detect_events_per_car": DETECT_EVENTS,
                         "train_seed": TRAIN_SEED, "detect_seed": DETECT_SEED, "held_out_for_threshold": HELD_OUT,

@@ -3,12 +3,14 @@
 Urban is the fleet that moves the operating point furthest from the default one (a quarter of the
 speed, a fifth of the current draw, four times the stops). The model before the relation features
 (components/features.py) kept its precision there but lost the load-dependent failures: drive shaft
-recall 0.27, battery 0.10 (bench/quality.py, 1,000 cars). The floors below sit under what six seed
-pairs (1/2 .. 6/7) gave at this size: no false alert and no healthy car alerted in any; battery recall
-0.66-0.79, always within 0.01 of what the car model lets show (a battery only sags under current,
-and urban cars stand a third of the time); shaft 0.71-0.91; tyres, shocks, firmware >= 0.97.
-Overheating is not floored: urban current draw rarely lifts the coolant above a healthy reading
-(ceiling ~0.3-0.45 here), see bench/quality.py's ceiling.
+recall 0.27, battery 0.10 (bench/quality.py, 1,000 cars). The threshold is the product's
+(evaluate.healthy_tail_threshold, from the held-out default cars' healthy scores). The floors below
+sit under what six seed pairs (1/2 .. 6/7) gave at this size: no false alert and no healthy car
+alerted in any; battery recall 0.67-0.79, always within 0.01 of what the car model lets show (a
+battery only sags under current, and urban cars stand a third of the time); shaft 0.71-0.91; tyres,
+shocks, firmware >= 0.97. Overheating is not floored: urban current draw rarely lifts the coolant
+above a healthy reading (ceiling ~0.3-0.45 here, see bench/quality.py's ceiling), and how much of
+that shows over the threshold depends on the seed (0.01-0.25; best-F1 calibration gave 0-0.09).
 
 Stable because nothing in it is random at run time: the fleets are the seeded car model, and the
 autoencoder is fitted in closed form (relations by least squares, reconstruction by least squares),
@@ -50,7 +52,7 @@ def test_autoencoder_trained_on_the_default_fleet_stays_quiet_and_catches_load_f
     model = models.build_autoencoder(*features.robust_stats(values[~held]))
     models.fit(model, values[~held], epochs=0)
     rscale = models.residual_scale(model, values[~held])
-    threshold = max(evaluate.best_f1_threshold(models.score(model, values[held], rscale), labels.failing[held]), evaluate.HEALTHY_SCORE)
+    threshold = evaluate.healthy_tail_threshold(models.score(model, values[held], rscale), labels.subset(held))
 
     urban, urban_keys, urban_labels = fleet("urban", 400, 250, seed=4, failures=0.15)
     flags = models.score(model, urban, rscale) > threshold

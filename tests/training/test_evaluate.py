@@ -5,10 +5,11 @@ Labels and figures are fleetpulse.evaluation's, tested in tests/kernel/test_eval
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from components.evaluate import best_f1_threshold, evaluate_scores, threshold_for_recall
+from components.evaluate import HEALTHY_SCORE, best_f1_threshold, evaluate_scores, healthy_tail_threshold, tail_share, threshold_for_recall
 from components.features import car_windows, robust_stats
-from fleetpulse.evaluation import label
+from fleetpulse.evaluation import Labels, alert_states, label, quality
 from fleetpulse.ground_truth import TruthRecord
 
 
@@ -30,6 +31,41 @@ def test_threshold_is_calibrated_on_one_half_of_the_cars_and_figures_reported_on
     assert m["calibrated_on"] == "half" and 0 < m["report_events"] < len(keys)
     assert 1.0 <= threshold < 8.0 and m["f1"] == 1.0 and m["hysteresis"]["false_alerts"] == 0
     assert m["eval_cars"] == 40 and m["baseline_robust_z"]["at_model_recall"]["recall"] == 1.0
+
+
+HOURS = 10 / 3600  # the simulator's 10 s between readings
+
+
+def healthy_labels(cars: int, events: int) -> Labels:
+    car = np.tile(np.arange(cars), events)
+    return Labels(car, np.full(len(car), "healthy", dtype=object), np.full(len(car), HOURS))
+
+
+def test_tail_share_over_threshold_raises_at_most_the_budgeted_false_alerts_when_readings_are_independent():
+    budget = 300.0  # per 1,000 car-hours: high enough to count alerts in 1,100 car-hours
+    labels = healthy_labels(200, 2000)
+    over = np.random.default_rng(0).random(len(labels.car)) < tail_share(budget, HOURS)
+    measured = quality(alert_states(over, labels.car), labels).false_alerts_per_1000_car_hours
+    assert 0.5 * budget < measured <= budget
+
+
+def test_healthy_tail_threshold_flags_the_tail_share_of_healthy_scores_and_ignores_failing_ones():
+    labels = healthy_labels(100, 500)
+    scores = HEALTHY_SCORE + np.random.default_rng(1).exponential(0.1, len(labels.car))
+    t = healthy_tail_threshold(scores, labels)
+    assert np.mean(scores > t) == pytest.approx(tail_share(0.1, HOURS), rel=0.05)
+    sick = Labels(labels.car, np.where(labels.car < 5, "overheating", "healthy").astype(object), labels.hours)
+    assert healthy_tail_threshold(np.where(sick.failing, 50.0, scores), sick) == healthy_tail_threshold(scores, sick)
+
+
+def test_healthy_tail_threshold_rises_over_a_healthy_car_whose_scores_go_over_together():
+    labels = healthy_labels(100, 500)
+    scores = np.full(len(labels.car), 0.5)
+    stuck = np.flatnonzero(labels.car == 7)[100:103]  # three readings in a row: an alert at any lower threshold
+    scores[stuck] = [3.0, 2.0, 2.5]
+    t = healthy_tail_threshold(scores, labels)
+    assert t == 2.0 and not alert_states(scores > t, labels.car).any()
+    assert alert_states(scores > np.nextafter(t, 0), labels.car).any()
 
 
 def test_integer_sensor_with_zero_mad_does_not_turn_a_one_psi_wobble_into_an_outlier():
