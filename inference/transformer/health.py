@@ -9,7 +9,8 @@ there is nothing to wait for. Commits lag the stream by up to ``twin_interval_s`
 twins hold them), so ``stuck_after_s`` must be longer than that.
 
 ``fleetpulse_transformer_stuck{reason}`` is 1 for the reason while stuck: the dependency being
-retried (``mongodb``, ``kafka``, ``model-server``) or ``loop`` when nothing is being retried.
+retried (``mongodb``, ``kafka``, ``model-server``), else the one a call has been waiting on longest
+(a server that is down often makes a call hang until its timeout before any retry), else ``loop``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Health:
         self.ready = False  # the loop has started: model metadata read, consumer subscribed
         self._pending_since: float | None = None  # work not durable yet, since the last commit
         self._retrying: dict[str, tuple[float, str]] = {}  # dependency -> (since, last message)
+        self._calling: dict[tuple[str, int], float] = {}  # (dependency, thread) -> since
         self._lock = threading.Lock()
 
     # ---- what the loop reports --------------------------------------------------------------
@@ -58,6 +60,15 @@ class Health:
         with self._lock:
             self._retrying.pop(dependency, None)
 
+    def calling(self, dependency: str) -> None:
+        """This thread now waits on ``dependency`` (until ``returned``)."""
+        with self._lock:
+            self._calling[(dependency, threading.get_ident())] = self.clock()
+
+    def returned(self, dependency: str) -> None:
+        with self._lock:
+            self._calling.pop((dependency, threading.get_ident()), None)
+
     # ---- what the probes read -----------------------------------------------------------------
 
     def seconds_without_progress(self) -> float:
@@ -70,10 +81,13 @@ class Health:
             return None
         with self._lock:
             retrying = sorted(self._retrying.items(), key=lambda item: item[1][0])
+            calling = sorted(self._calling.items(), key=lambda item: item[1])
         if retrying:
             dependency, (_, message) = retrying[0]
-            reason = dependency if dependency in REASONS else "loop"
-            return reason, message
+            return (dependency if dependency in REASONS else "loop"), message
+        if calling:
+            (dependency, _), since = calling[0]
+            return (dependency if dependency in REASONS else "loop"), f"waiting on {dependency} for {self.clock() - since:.0f}s"
         return "loop", "work pending but the loop is not advancing (no dependency is being retried)"
 
     def live(self) -> tuple[bool, dict]:

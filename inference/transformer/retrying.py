@@ -48,9 +48,14 @@ class Retries:
                 self.health.retrying(dependency, line)
 
         backoff = Backoff(min(initial_s, self.max_delay_s), self.max_delay_s, deadline_s=self.deadline_s)
-        result = retry(fn, retry_on, backoff, report, sleep=lambda delay: self._sleep(dependency, delay))
-        if self.health is not None:
-            self.health.recovered(dependency)
+        if self.health is None:
+            return retry(fn, retry_on, backoff, report, sleep=lambda delay: self._sleep(dependency, delay))
+        self.health.calling(dependency)
+        try:
+            result = retry(fn, retry_on, backoff, report, sleep=lambda delay: self._sleep(dependency, delay))
+        finally:
+            self.health.returned(dependency)
+        self.health.recovered(dependency)
         return result
 
     # ---- stop ----------------------------------------------------------------------------------

@@ -82,3 +82,13 @@ def test_healthz_and_readyz_answer_503_with_the_reason_while_stuck_and_metrics_s
         assert 'fleetpulse_transformer_stuck{reason="kafka"} 0.0' in metrics
     finally:
         server.shutdown()
+
+
+def test_without_a_retry_the_reason_is_the_dependency_a_call_has_waited_on_longest():
+    h, clock = health()
+    h.work(True)
+    h.calling("mongodb")  # a write that hangs until its timeout before any retry
+    clock.now = 12.0
+    assert h.stuck() == ("mongodb", "waiting on mongodb for 12s")
+    h.returned("mongodb")
+    assert h.stuck()[0] == "loop"
