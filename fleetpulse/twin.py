@@ -37,4 +37,6 @@ class TwinDocument(TypedDict):
     last_readings: dict[str, float]  # the newest cardata-v1 record (its int fields as int)
     counters: TwinCounters
     hysteresis: TwinHysteresis
-    offsets: dict[str, int]  # "<partition>" -> last Kafka offset applied; a replay skips events at or below it
+    # "<partition>" -> last Kafka offset applied; a replay skips events at or below it, and a write whose
+    # newest event is below the stored offset of its partition is fenced out (a stale group member's).
+    offsets: dict[str, int]
