@@ -13,13 +13,16 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fleetpulse import mqtt_wire as wire
+from fleetpulse import readings
 from fleetpulse.codec import decode_batch, encode_batch
-from fleetpulse.contract import MQTT_TOPIC_PREFIX, N_FEATURES
+from fleetpulse.contract import MQTT_TOPIC_PREFIX, N_FEATURES, SENSOR_FIELDS
+from fleetpulse.topics import DLQ_NON_FINITE, DLQ_OUT_OF_RANGE
 from fleetpulse.retry import Backoff, retry
 
 
@@ -31,6 +34,10 @@ firmware stays in the codec's two-byte fast path below 71 million."""
 
 def payloads(n: int, start_seq: int = 0, seed: int = 0) -> list[bytes]:
     """``n`` valid cardata-v1 payloads numbered start_seq .. start_seq+n-1 (see SEQ_LOW)."""
+    return encode_batch(_rows(n, start_seq, seed))
+
+
+def _rows(n: int, start_seq: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     values = np.empty((n, N_FEATURES))
     values[:, 0:2] = rng.uniform(10, 90, size=(n, 2))  # coolant, intake air
@@ -45,7 +52,25 @@ def payloads(n: int, start_seq: int = 0, seed: int = 0) -> list[bytes]:
     seq = np.arange(start_seq, start_seq + n)
     values[:, 7] = seq % SEQ_LOW
     values[:, 17] = 1000 + seq // SEQ_LOW
-    return encode_batch(values)
+    return values
+
+
+def implausible(n: int, seed: int = 2) -> list[tuple[bytes, str]]:
+    """``n`` decodable payloads no car could send, each with the dead-letter kind it must get: a NaN,
+    an infinity or a reading outside its physical range (fleetpulse.readings), in turn."""
+    values = _rows(n, 0, seed)
+    floats = [c for c in range(N_FEATURES) if c not in (9, 10, 11, 12, 17)]
+    out = []
+    for i in range(n):
+        column, kind = floats[i % len(floats)], i % 5
+        row = values[i : i + 1].copy()
+        if kind < 3:
+            row[0, column] = (np.nan, np.inf, -np.inf)[kind]
+        else:
+            low, high = readings.RANGES[SENSOR_FIELDS[column]]
+            row[0, column] = high + 1 + abs(high) if kind == 3 else low - 1 - abs(low)
+        out.append((encode_batch(row)[0], DLQ_NON_FINITE if kind < 3 else DLQ_OUT_OF_RANGE))
+    return out
 
 
 def sequence_numbers(values: list[bytes]) -> np.ndarray:
@@ -72,8 +97,17 @@ def garbage(n: int, seed: int = 1) -> list[bytes]:
 
 def packets(bodies: list[bytes], cars: int, prefix: str, qos: int = 1) -> list[bytes]:
     """PUBLISH packets spreading ``bodies`` round-robin over ``cars`` car ids ``<prefix>-<n>``."""
-    topics = [f"{MQTT_TOPIC_PREFIX}{prefix}-{i:05d}".encode() for i in range(cars)]
-    return [wire.publish_packet(topics[i % cars], body, qos, _pid(i), protocol=wire.MQTT_5) for i, body in enumerate(bodies)]
+    topics = [car_topic(prefix, i) for i in range(cars)]
+    return publish_packets([topics[i % cars] for i in range(len(bodies))], bodies, qos)
+
+
+def car_topic(prefix: str, car: int) -> bytes:
+    return f"{MQTT_TOPIC_PREFIX}{prefix}-{car:05d}".encode()
+
+
+def publish_packets(topics: list[bytes], bodies: list[bytes], qos: int = 1) -> list[bytes]:
+    """One MQTT 5 PUBLISH per (topic, body); the packet id follows the position (as Publisher expects)."""
+    return [wire.publish_packet(t, body, qos, (i % 65535) + 1, protocol=wire.MQTT_5) for i, (t, body) in enumerate(zip(topics, bodies))]
 
 
 @dataclass
@@ -100,6 +134,8 @@ class Publisher:
         self.client_id = client_id or f"fleetpulse-loadgen-{uuid.uuid4().hex[:8]}"
         self.window = window  # Mosquitto's Receive Maximum is 1000 in our config; exceeding it is a protocol error
         self.sock: socket.socket | None = None
+        self.report: PublishReport | None = None  # of the publish under way (other threads may watch it)
+        self._pids: list[int] = []  # packet id of each packet being published
         self._unacked: dict[int, int] = {}  # packet id -> index, published and waiting for its PUBACK
         self._again: list[int] = []  # indices to publish again at _again_at
         self._again_at = 0.0
@@ -126,14 +162,16 @@ class Publisher:
     def publish(self, pkts: list[bytes], rate: float | None = None, chunk: int = 500, reconnect_for_s: float = 0.0) -> PublishReport:
         """Send ``pkts`` (at ``rate`` messages/s if given); for QoS 1 return once all are acknowledged.
 
-        Packet ids must be unique within any ``window`` consecutive packets (``packets`` numbers them
-        that way). With ``reconnect_for_s`` a lost connection is re-opened (for up to that long) and
+        A packet waits while its packet id is still in flight (``packets`` numbers them so that
+        never happens within 65,535 in a row). With ``reconnect_for_s`` a lost connection is re-opened (for up to that long) and
         every packet not yet acknowledged is sent again, so QoS 1 delivery survives a broker restart
         (duplicates possible).
         """
-        rep = PublishReport(started=time.time())
+        rep = self.report = PublishReport(started=time.time())
         if self.sock is None:
             self.connect()
+        if self.qos:
+            self._pids = [_packet_id(p) for p in pkts]
         t0 = time.monotonic()
         while rep.acked < len(pkts):
             try:
@@ -162,7 +200,8 @@ class Publisher:
                 if self.qos == 0:
                     rep.sent = rep.acked = rep.sent + k
                     continue
-                self._unacked.update((_pid(i), i) for i in range(rep.sent, rep.sent + k))
+                pids = self._pids
+                self._unacked.update((pids[i], i) for i in range(rep.sent, rep.sent + k))
                 rep.sent += k
             if not self._unacked:  # only packets waiting to be published again
                 time.sleep(max(0.0, self._again_at - time.monotonic()))
@@ -175,8 +214,11 @@ class Publisher:
     def _room(self, first: int, k: int) -> int:
         """How many of the next ``k`` packets may go out: within the window, and no packet id still in use."""
         k = min(k, self.window - len(self._unacked) - len(self._again))
-        oldest = min(min(self._unacked.values(), default=first), min(self._again, default=first))
-        return min(k, oldest + 65535 - first)
+        busy = self._unacked.keys() | {self._pids[i] for i in self._again} if self._again else self._unacked
+        for j, pid in enumerate(self._pids[first : first + max(k, 0)]):
+            if pid in busy:
+                return j
+        return k
 
     def _recv(self) -> bytes:
         """What the broker sent; b"" when a publish-again falls due first (the broker may be silent meanwhile)."""
@@ -213,7 +255,7 @@ class Publisher:
     def _publish_again(self, pkts) -> None:
         again, self._again = self._again, []
         self.sock.sendall(b"".join(pkts[i] for i in again))  # type: ignore[union-attr]
-        self._unacked.update((_pid(i), i) for i in again)
+        self._unacked.update((self._pids[i], i) for i in again)
 
     def _reconnect(self, rep: PublishReport, for_s: float) -> None:
         self.close()
@@ -230,26 +272,54 @@ class Publisher:
             self.sock = None
 
 
-def _pid(index: int) -> int:
-    """The packet id ``packets`` gives the packet at ``index``."""
-    return (index % 65535) + 1
+def _packet_id(packet: bytes) -> int:
+    """The packet id of a QoS 1 PUBLISH: after the fixed header and the topic."""
+    _, at = wire.read_varint(packet, 1)
+    at += 2 + ((packet[at] << 8) | packet[at + 1])
+    return (packet[at] << 8) | packet[at + 1]
 
 
 def wait_for_count(bootstrap: str, topic: str, expected: int, timeout_s: float, poll_s: float = 0.2) -> tuple[int, float]:
     """Poll end offsets until ``expected`` records are in ``topic``; return (count, wall clock when reached)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fleetpulse-count-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
-    try:
+    with _offsets(bootstrap) as count_of:
         deadline = time.monotonic() + timeout_s
         count = 0
         while time.monotonic() < deadline:
-            meta = c.list_topics(topic, timeout=10).topics[topic]
-            count = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in meta.partitions)
+            count = count_of(topic)
             if count >= expected:
                 return count, time.time()
             time.sleep(poll_s)
         return count, time.time()
+
+
+def settled_count(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: float = 300.0) -> int:
+    """The number of records in ``topic`` once it has stopped growing for ``quiet_s``."""
+    with _offsets(bootstrap) as count_of:
+        deadline = time.monotonic() + timeout_s
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            count = count_of(topic)
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+            time.sleep(0.2)
+        return last
+
+
+@contextmanager
+def _offsets(bootstrap: str):
+    """A function topic -> records in it (the sum of its partitions' end offsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fleetpulse-count-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+
+    def count_of(topic: str) -> int:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in meta.partitions)
+
+    try:
+        yield count_of
     finally:
         c.close()
 
