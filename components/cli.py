@@ -36,7 +36,7 @@ def _check_window(from_ts, to_ts, from_flag: str, to_flag: str) -> None:
 @click.option("--eval-to-ts", type=click.IntRange(min=0), default=None)
 @click.option("--eval-share", type=click.FloatRange(0.05, 0.95), default=0.3, show_default=True, help="Share of cars held out for evaluation (no eval window).")
 @click.option("--window", type=click.IntRange(2, 256), default=8, show_default=True, help="LSTM look-back window (events per car).")
-@click.option("--min-f1", type=click.FloatRange(0, 1), default=MIN_F1, show_default=True, help="Below this F1 the model is kept as a rejected version (never served) and the run fails.")
+@click.option("--min-f1", type=click.FloatRange(0, 1), default=MIN_F1, show_default=True, help="Below this alert F1 (under the serving hysteresis) the model is kept as a rejected version (never served) and the run fails.")
 @click.option("--runner", type=click.Choice(RUNNERS), default="kfp", show_default=True, help="kfp: kfp.local SubprocessRunner; direct: this process.")
 @click.option("--pipeline-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="kfp runner: keep the run's artifacts (metrics, confusion matrix and ROC, summary) here.")

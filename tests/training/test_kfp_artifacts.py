@@ -107,7 +107,7 @@ def test_summary_names_the_gate_result_alert_figures_and_recall_per_mode(kfp_run
     figures = kfp_run.evaluated()
     summary = (kfp_run.task("evaluate") / "summary").read_text()
     assert summary.startswith("# car-anomaly-lstm: evaluation, gate passed")
-    assert f"per-reading F1 {figures['f1']:.3f} >= {MIN_F1:g}: **passed**" in summary
+    assert f"alert F1 (serving hysteresis) {figures['hysteresis']['f1']:.3f} >= {MIN_F1:g}: **passed**" in summary
     assert f"**{figures['hysteresis']['f1']:.3f}**" in summary
     assert f"**{figures['hysteresis']['false_alerts_per_1000_car_hours']:.2f}**" in summary
     assert figures["per_mode"]
@@ -136,8 +136,8 @@ def test_roc_ignores_nan_scores_and_keeps_ties_to_one_point():
 
 def test_summary_of_a_model_below_its_gate_says_it_is_kept_rejected_and_never_serves():
     metrics = _evaluated()
-    metrics["gate"] = {"metric": "f1", "min": 0.999, "value": 0.9, "passed": False}
+    metrics["gate"] = {"metric": "alert_f1", "min": 0.999, "value": 0.9, "passed": False}
     summary = steps.review_markdown("car-anomaly", metrics)
     assert summary.startswith("# car-anomaly: evaluation, gate FAILED")
-    assert "per-reading F1 0.900 < 0.999: **FAILED**" in summary and "rejected version" in summary and "never serves" in summary
+    assert "alert F1 (serving hysteresis) 0.900 < 0.999: **FAILED**" in summary and "rejected version" in summary and "never serves" in summary
     assert "| overheating |" in summary

@@ -77,8 +77,9 @@ def test_quality_gate_keeps_a_model_below_min_f1_as_rejected_and_fails_the_run(m
 
     client = gcs_client(gcs_endpoint)
     [entry] = model_store.catalog(client, model_bucket, "car-anomaly")
-    assert entry.channel == model_store.REJECTED and entry.reason.startswith("F1 ")
-    assert entry.metadata["metrics"]["gate"] == {"metric": "f1", "min": 1.0 + 1e-9, "value": entry.metadata["metrics"]["f1"], "passed": False}
+    assert entry.channel == model_store.REJECTED and entry.reason.startswith("alert F1 ")
+    assert entry.metadata["metrics"]["gate"] == {"metric": "alert_f1", "min": 1.0 + 1e-9,
+                                                "value": entry.metadata["metrics"]["hysteresis"]["f1"], "passed": False}
     assert model_store.latest_version(client, model_bucket, "car-anomaly") is None
 
 
