@@ -225,6 +225,22 @@ def test_events_nobody_subscribed_to_yet_are_published_again_not_counted_as_deli
     assert sub.unique == 1500, f"{1500 - sub.unique} events reached no subscriber"
 
 
+@pytest.mark.parametrize("profile", ["default", "urban", "highway", "cold", "ageing"])
+def test_every_reading_a_car_sends_is_physically_plausible(profile):
+    # The bridge dead-letters a reading outside fleetpulse.readings' ranges: no simulated car, healthy
+    # or failing, with sensor noise, quantisation and stuck sensors, may send one.
+    from fleetpulse.readings import implausible
+    from simulator.failures import plan_failures
+    from simulator.profiles import get
+    from simulator.sensor_layer import SensorLayer
+
+    for sensors in (None, SensorLayer(noise=3.0, quantise=True, stuck=0.05)):
+        blocks = cm.make_blocks(1024, 7, plan_failures(1024, 200, 1.0, 7), 10.0, 300.0, profile=get(profile), sensors=sensors)
+        for _ in range(200):
+            for block in blocks:
+                assert not implausible(block.step().values.astype(np.float32)).any()
+
+
 def test_mqtt5_batch_packets_equal_one_by_one_packets():
     from fleetpulse import mqtt_wire as wire
 
