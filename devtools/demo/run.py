@@ -120,11 +120,15 @@ class Demo:
         FerretDBService(self.stack_settings).after_ready()
 
     def _start_bridge(self) -> None:
+        # A session and share group of this run's own, gone when it ends. At QoS 1 a persistent
+        # session left behind keeps queueing whatever reaches the shared broker afterwards (bench
+        # runs, tests), and a later demo resuming it took that in as its fleet (measured: 1.04
+        # million foreign records in a training stretch of 260,000); a stale member of a shared
+        # group would take its round-robin share of the demo's messages where nobody reads them.
         env = {"FLEETPULSE_BRIDGE_QOS": "1", "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.p.bridge_metrics_port),
-               "FLEETPULSE_BRIDGE_CLIENT_ID": "fleetpulse-demo-bridge",
-               # Its own share group: a stale persistent session of another bridge in `fleetpulse` would
-               # otherwise take its round-robin share of the demo's messages, queued where nobody reads them.
-               "FLEETPULSE_BRIDGE_SHARE_GROUP": "fleetpulse-demo"}  # fmt: skip
+               "FLEETPULSE_BRIDGE_CLIENT_ID": f"fleetpulse-demo-bridge-{self.run_id}",
+               "FLEETPULSE_BRIDGE_SHARE_GROUP": f"fleetpulse-demo-{self.run_id}",
+               "FLEETPULSE_BRIDGE_SESSION_EXPIRY_S": "0"}  # fmt: skip
         self.children.start("bridge", "bridge", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
 
