@@ -3,12 +3,12 @@ in tests), and the HTTP endpoint that serves them with the probes: /metrics, /he
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bridges.health import STALLS, Health
+from fleetpulse.probes import serve_probes
 from fleetpulse.topics import DLQ_KINDS
 
 
@@ -41,30 +41,7 @@ class BridgeMetrics:
         """Serve /metrics, /healthz (liveness) and /readyz (readiness) on ``port`` (0: do not serve)."""
         if not port:
             return None
-        registry = self.registry
+        def probe(why: list[str]) -> tuple[bool, bytes, str]:
+            return not why, ("stalled: " + ", ".join(why) if why else "ok").encode() + b"\n", "text/plain; charset=utf-8"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
-                if self.path == "/metrics":
-                    self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif self.path in ("/healthz", "/readyz"):
-                    why = health.dead() if self.path == "/healthz" else health.unready()
-                    body = ("stalled: " + ", ".join(why) if why else "ok").encode() + b"\n"
-                    self._answer(503 if why else 200, body, "text/plain; charset=utf-8")
-                else:
-                    self._answer(404, b"not found\n", "text/plain; charset=utf-8")
-
-            def _answer(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:  # probes every few seconds: no access log
-                pass
-
-        server = ThreadingHTTPServer(("", port), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="bridge-http", daemon=True).start()
-        return server
+        return serve_probes(port, lambda: probe(health.dead()), lambda: probe(health.unready()), self.registry, name="bridge")

@@ -19,10 +19,12 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
+
+from fleetpulse.probes import serve_probes
 
 REASONS = ("mongodb", "kafka", "model-server", "loop")
 
@@ -132,28 +134,7 @@ def serve(health: Health, port: int) -> ThreadingHTTPServer:
         REGISTRY.register(_collector)
     _collector.health = health
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/readyz"):
-                ok, body = health.live() if path == "/healthz" else health.readiness()
-                self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
-            else:
-                self._send(404, b"not found\n", "text/plain")
+    def probe(result: tuple[bool, dict]) -> tuple[bool, bytes, str]:
+        return result[0], json.dumps(result[1]).encode(), "application/json"
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:  # probes every few seconds: no access log
-            pass
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="health-http", daemon=True).start()
-    return server
+    return serve_probes(port, lambda: probe(health.live()), lambda: probe(health.readiness()), name="health")
