@@ -67,13 +67,18 @@ def build(settings, progress, health=None):
     """Check every dependency answers, then wire the transformer from ready clients."""
     from confluent_kafka import Consumer, Producer
 
-    from fleetpulse.clients import mongo_client, require_kafka
+    from pymongo import MongoClient
+
+    from fleetpulse.clients import require_kafka
     from inference.transformer.loop import Transformer
     from inference.transformer.twin_store import TwinStore, ping
     from inference.transformer.v2_client import V2Client
 
     require_kafka(settings.kafka_bootstrap_servers)
-    mongo = mongo_client(settings.mongodb_uri)
+    # No driver-level read retries: a twin read (the fence's stored offset, the loader) that meets an
+    # outage fails fast and is retried by the transformer's own Retries: counted, reported, and seen by
+    # /healthz, instead of waiting silently inside the driver. (FerretDB has no retryable writes anyway.)
+    mongo = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, retryReads=False)
     ping(mongo, settings.mongodb_uri)
     client = V2Client(settings.model_grpc, settings.model_name)
     client.wait_ready(timeout_s=30)

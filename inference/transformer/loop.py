@@ -115,11 +115,13 @@ class Transformer:
                     last_record = time.monotonic()  # Kafka unreachable or records still to fetch: not idle
                 if max_events is not None and self.summary.consumed >= max_events:
                     break
-        except BaseException:
+        except BaseException as exc:
             self.health.ready = False
             if not self._torn:
                 self._final_checkpoint(bounded=True, failed=True)
-            raise
+            if not (self._stop and isinstance(exc, StopRequested)):
+                raise
+            # A stop whose deadline passed while the loop waited on a dependency: an ordinary end.
         else:
             self._final_checkpoint(bounded=self._stop)
         finally:

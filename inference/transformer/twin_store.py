@@ -13,7 +13,8 @@ at 20,000 twins, ~1/s when the fence refuses); its updates are read-modify-write
 transaction anyway, so a filter there would be no more atomic than reading the stored offset by _id
 and comparing, which is what the store does on FerretDB (one find by _id per car).
 
-Bad documents do not block the others: a bulk that fails while the server answers a ping is split
+Bad documents do not block the others: the first failure of a save is retried whole (counted, like
+any outage); from the second attempt on, a bulk that fails while the server answers a ping is split
 until the document it refuses is alone, which is tried ``refuse_after`` times and then handed back
 with the reason (the transformer dead-letters it). FerretDB refuses NaN by closing the connection,
 so the error type says nothing; the ping tells an outage (retried, whole) from a refusal. Timeouts
@@ -22,6 +23,7 @@ are never refusals: a wedged server is an outage.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterable
@@ -97,17 +99,18 @@ class TwinStore:
                 out[doc["_id"]] = doc
         return out
 
-    def save(self, snapshot: TwinSnapshot) -> Saved:
-        """Insert the twins of cars that have none, update the others, both fenced; raises only for an outage."""
+    def save(self, snapshot: TwinSnapshot, isolate: bool = True) -> Saved:
+        """Insert the twins of cars that have none, update the others, both fenced; raises for an outage,
+        and (without ``isolate``) for any failure."""
         new: list[tuple[TwinDocument, tuple[int, int]]] = []
         existing: list[tuple[TwinDocument, tuple[int, int]]] = []
         for i in range(len(snapshot)):
             (existing if snapshot.has_twin[i] else new).append((snapshot.document(i), snapshot.fence(i)))
         saved = Saved()
-        for i in range(0, len(new), INSERT_CHUNK):
-            saved.add(self._isolating(new[i : i + INSERT_CHUNK], self._insert_fenced))
-        for i in range(0, len(existing), BULK_CHUNK):
-            saved.add(self._isolating(existing[i : i + BULK_CHUNK], self._update_fenced))
+        chunks = [(new[i : i + INSERT_CHUNK], self._insert_fenced) for i in range(0, len(new), INSERT_CHUNK)]
+        chunks += [(existing[i : i + BULK_CHUNK], self._update_fenced) for i in range(0, len(existing), BULK_CHUNK)]
+        for items, write in chunks:
+            saved.add(self._isolating(items, write) if isolate else write(items))
         return saved
 
     def _insert_fenced(self, items: list) -> Saved:
@@ -322,7 +325,8 @@ class TwinWriter:
 
     def _write(self, snapshot: TwinSnapshot) -> Saved:
         t0 = time.monotonic()
-        saved = self.retries.call("mongodb", lambda: self.store.save(snapshot))
+        attempts = itertools.count()
+        saved = self.retries.call("mongodb", lambda: self.store.save(snapshot, isolate=next(attempts) > 0))
         seconds = time.monotonic() - t0
         metrics.TWIN_WRITES.labels("insert").inc(snapshot.inserts)
         metrics.TWIN_WRITES.labels("update").inc(len(snapshot) - snapshot.inserts)

@@ -102,3 +102,43 @@ def test_nan_infinite_and_impossible_readings_go_to_the_dlq_and_never_clear_a_fa
     assert all(np.isfinite(list(t["last_readings"].values())).all() for t in twins.values())
     kinds = sorted(dict(m.headers())[DLQ_KIND_HEADER].decode() for m in run.read(run.dlq, expect_at_least=12))
     assert kinds == ["non_finite"] * 8 + ["out_of_range"] * 4
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_model_server_is_down_ends_the_transformer_within_its_stop_timeout(
+        serving_model, gcs_endpoint, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+    import signal
+    import time
+
+    server = ModelServer(serving_model, gcs_endpoint, tmp_path / "serve.log").wait_ready()
+    run = Run(unique, kafka_bootstrap, mongodb_uri, server)
+    run.env["FLEETPULSE_SCORE_STOP_TIMEOUT_S"] = "5"
+    with open(tmp_path / "score.log", "w") as log:
+        proc = run.start_score(until_idle=600, log=log)
+        try:
+            rng = np.random.default_rng(5)
+            for _ in range(20):
+                run.produce(healthy_rows(N_CARS, rng), cars())
+            run.producer.flush()
+            time.sleep(8)
+            server.kill()
+            run.produce(healthy_rows(N_CARS, rng), cars())  # to score while nobody answers
+            run.producer.flush()
+            time.sleep(3)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            assert proc.returncode == 0, (tmp_path / "score.log").read_text()[-3000:]
+            assert time.monotonic() - t0 < 5 + 5
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            server.stop()
+    # What it had not committed is replayed: a second run, with the server back, counts every event once.
+    server = ModelServer(serving_model, gcs_endpoint, tmp_path / "serve2.log").wait_ready()
+    try:
+        run.env["FLEETPULSE_SCORE_MODEL_GRPC"] = server.grpc_target
+        run.score(until_idle=4)
+    finally:
+        server.stop()
+    assert all(t["counters"]["events"] == run.sent[c] for c, t in run.twins().items()) and len(run.twins()) == N_CARS
