@@ -294,12 +294,18 @@ class Recovery:
         self._thread: threading.Thread | None = None
 
     def mark(self) -> None:
-        target, t0 = self.fleet.end_offsets(), time.monotonic()
+        from confluent_kafka import KafkaException
+
+        t0 = time.monotonic()
+        target = _retrying(self.fleet.end_offsets)
 
         def watch():
             while time.monotonic() - t0 < 600:
-                committed = self.fleet.committed()
-                if all(committed.get(p, 0) >= o for p, o in target.items()):
+                try:
+                    committed = self.fleet.committed()
+                except KafkaException:  # the broker is the row's fault, or busy: ask again
+                    committed = {}
+                if committed and all(committed.get(p, 0) >= o for p, o in target.items()):
                     self.seconds = round(time.monotonic() - t0, 1)
                     return
                 time.sleep(0.5)
@@ -311,6 +317,19 @@ class Recovery:
         if self._thread is not None:
             self._thread.join(timeout)
         return self.seconds
+
+
+def _retrying(fn, seconds: float = 60):
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def drain(fleet: Fleet, timeout: float = 300) -> None:
