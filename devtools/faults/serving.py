@@ -40,6 +40,7 @@ from fleetpulse.codec import decode_batch, encode_batch
 from fleetpulse.contract import INT_FIELDS, SENSOR_FIELDS
 from fleetpulse.hysteresis import STATUS_NAMES, status_timeline
 from fleetpulse.readings import implausible
+from fleetpulse.retry import Backoff, retry
 from tests.serving.harness import (
     FLEETPULSE,
     MEAN,
@@ -297,7 +298,7 @@ class Recovery:
         from confluent_kafka import KafkaException
 
         t0 = time.monotonic()
-        target = _retrying(self.fleet.end_offsets)
+        target = retry(self.fleet.end_offsets, (KafkaException,), Backoff(0.5, 0.5, deadline_s=60))
 
         def watch():
             while time.monotonic() - t0 < 600:
@@ -317,19 +318,6 @@ class Recovery:
         if self._thread is not None:
             self._thread.join(timeout)
         return self.seconds
-
-
-def _retrying(fn, seconds: float = 60):
-    from confluent_kafka import KafkaException
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return fn()
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def drain(fleet: Fleet, timeout: float = 300) -> None:
