@@ -50,5 +50,8 @@ DLQ_BAD_CAR_ID = "bad_car_id"  # the topic's car id is not one (fleetpulse.contr
 DLQ_OVERSIZED = "oversized"  # larger than a Kafka record may be; the value is a prefix
 DLQ_KAFKA_REJECTED = "kafka_rejected"  # Kafka refused the record permanently, after retries
 DLQ_KINDS = (DLQ_UNDECODABLE, DLQ_NON_FINITE, DLQ_OUT_OF_RANGE, DLQ_BAD_CAR_ID, DLQ_OVERSIZED, DLQ_KAFKA_REJECTED)
+"""The kinds a bad input can have wherever it arrives (the bridge's metrics pre-create one label each)."""
+DLQ_NON_FINITE_SCORE = "non_finite_score"  # the model scored a plausible reading NaN or infinite (transformer)
+DLQ_TWIN_REFUSED = "twin_refused"  # MongoDB refused a twin document; the value is the document as JSON (transformer)
 MQTT_TOPIC_HEADER = "mqtt.topic"
 ARRIVAL_TIME_HEADER = "fleetpulse.arrival_ts_ms"

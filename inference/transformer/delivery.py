@@ -27,15 +27,13 @@ from fleetpulse.topics import (
     DLQ_REASON_HEADER,
     DLQ_SOURCE_HEADER,
     DLQ_TIME_HEADER,
+    DLQ_TWIN_REFUSED,
     DLQ_UNDECODABLE,
 )
 from inference.transformer import metrics
 from inference.transformer.metrics import E2E_LATENCY
 from inference.transformer.retrying import Retries
 
-# The transformer's own dead-letter kinds, besides the kernel's (fleetpulse.topics.DLQ_KINDS).
-DLQ_NON_FINITE_SCORE = "non_finite_score"  # the model scored a plausible reading NaN or infinite
-DLQ_TWIN_REFUSED = "twin_refused"  # MongoDB refused a twin document; the value is the document as JSON
 PREFIX_BYTES = 64 * 1024  # what is kept of a dead letter Kafka refused as it was
 
 

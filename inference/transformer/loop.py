@@ -40,7 +40,8 @@ from inference.transformer import metrics
 from inference.transformer.batching import Chunk, Events, InFlight, drop_redelivered, last_offsets, micro_batches, positions
 from inference.transformer.car_table import CarTable
 from inference.transformer.checkpoint import TwinLedger
-from inference.transformer.delivery import DLQ_NON_FINITE_SCORE, Delivery, now_ms
+from fleetpulse.topics import DLQ_NON_FINITE_SCORE
+from inference.transformer.delivery import Delivery, now_ms
 from inference.transformer.health import Health
 from inference.transformer.metrics import RunSummary
 from inference.transformer.retrying import Retries, StopRequested
