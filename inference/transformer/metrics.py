@@ -24,6 +24,8 @@ MODEL_INPUT_CHANGES = Counter("fleetpulse_transformer_model_input_changes", "Tim
 LAG = Gauge("fleetpulse_transformer_consumer_lag", "High watermark minus committed position", ["partition"])
 TWIN_WRITES = Counter("fleetpulse_transformer_twin_writes", "Twin documents written (insert: car had none; update: upsert; "
                       "fenced: a newer twin was stored, left as it was; refused: MongoDB refused it, dead-lettered)", ["kind"])
+TWIN_FENCE_REREADS = Counter("fleetpulse_transformer_twin_fence_rereads", "Twin chunks whose stored offsets were read again "
+                             "before the write because the first read aged past the fence lease (a paused writer)")
 TWIN_WRITE_RATE = Gauge("fleetpulse_transformer_twin_write_rate", "Twin documents per second of the last bulk write")
 TWINS_PENDING = Gauge("fleetpulse_transformer_twins_pending", "Cars whose applied events are in no durable twin yet (incl. the bulk in flight)")
 TWIN_WRITE_SECONDS = Histogram("fleetpulse_transformer_twin_write_seconds", "Seconds per twin bulk write (retries included)",

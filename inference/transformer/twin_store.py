@@ -10,8 +10,19 @@ Fenced (checkpoint.newer_than_stored): on MongoDB the rule is in the update filt
 write. FerretDB 1.24 (SQLite) pushes a filter down only when it is exactly ``{_id: <string>}`` and
 otherwise reads the whole table for each update (measured: ~20 fenced upserts/s against ~950 by _id
 at 20,000 twins, ~1/s when the fence refuses); its updates are read-modify-write without a
-transaction anyway, so a filter there would be no more atomic than reading the stored offset by _id
-and comparing, which is what the store does on FerretDB (one find by _id per car).
+transaction on both of its backends (handler: query, then ``UPDATE ... WHERE _id``), so no filter is
+atomic there, and the store reads the stored offsets by _id and compares (one find per car).
+
+A read-then-compare is only as good as the reading is fresh. A member paused between the read and
+the write (SIGSTOP, a long GC or swap stall) can wake up after its partitions moved and the new owner
+wrote newer twins, and overwrite them with what it read as current: seen as 12 of 30,000 events
+missing from twins after a 1 -> 3 -> 1 rebalance with a member SIGSTOPped. So the comparison holds
+for ``fence_lease_s`` only, checked immediately before the write is sent: a new owner exists only
+after the old one missed heartbeats for a whole session timeout, which Kafka never lets be shorter
+than ``group.min.session.timeout.ms`` (6 s by default), so a read younger than the 2 s lease cannot
+predate a write by another owner. Readings older than that are read again. What is left is a pause
+that falls between the lease check and the bytes leaving the socket (pymongo encoding 20 documents);
+only MongoDB's atomic filter closes that.
 
 Bad documents do not block the others: the first failure of a save is retried whole (counted, like
 any outage); from the second attempt on, a bulk that fails while the server answers a ping is split
@@ -51,6 +62,9 @@ BULK_CHUNK = 20
 
 # One insert command per this many new twins; FerretDB runs one transaction per command.
 INSERT_CHUNK = 1000
+# How long a stored offset read on FerretDB is trusted (module docstring): well under the shortest
+# session timeout a broker accepts, and far above a chunk's 20 finds by _id (~20 ms).
+FENCE_LEASE_S = 2.0
 _DUPLICATE_KEY = 11000
 _LOAD_FIELDS = {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}  # what CarTable.restore reads
 
@@ -70,13 +84,15 @@ class Saved:
 
 
 class TwinStore:
-    def __init__(self, client, database: str, collection: str, timeout_s: float | None = None, refuse_after: int = 3):
+    def __init__(self, client, database: str, collection: str, timeout_s: float | None = None, refuse_after: int = 3,
+                 fence_lease_s: float = FENCE_LEASE_S):
         self.client = client
         self.collection = client[database][collection]
         # A wedged server (see BULK_CHUNK) never answers; a bounded wait turns that into an error the
         # transformer retries and reports instead of a silent hang.
         self.timeout_s = timeout_s
         self.refuse_after = refuse_after
+        self.fence_lease_s = fence_lease_s
         self._fence_in_filter: bool | None = None  # MongoDB: yes; FerretDB: read and compare (module docstring)
 
     def count(self) -> int:
@@ -139,10 +155,10 @@ class TwinStore:
         if self._fence_in_filter is None:
             self._fence_in_filter = "ferretdbVersion" not in self.client.admin.command("buildInfo")
         if not self._fence_in_filter:
-            stored = {doc["_id"]: self._stored_offsets(doc["_id"]) for doc, _ in items}
-            keep = [(doc, f) for doc, f in items if newer_than_stored(stored[doc["_id"]], *f)]
-            fenced = [doc["_id"] for doc, f in items if not newer_than_stored(stored[doc["_id"]], *f)]
-            return Saved(self.write((doc["_id"], as_set_fields(doc)) for doc, _ in keep), fenced)
+            saved = Saved()
+            for i in range(0, len(items), BULK_CHUNK):
+                saved.add(self._update_read_and_compare(items[i : i + BULK_CHUNK]))
+            return saved
         ops = [UpdateOne(fence_filter(doc["_id"], *f), {"$set": as_set_fields(doc)}, upsert=True) for doc, f in items]
         try:
             with pymongo.timeout(self.timeout_s):
@@ -155,6 +171,30 @@ class TwinStore:
             fenced = [items[e["index"]][0]["_id"] for e in errors]
             return Saved(len(items) - len(fenced), fenced)
         return Saved(len(items))
+
+    def _update_read_and_compare(self, items: list) -> Saved:
+        """The fence on FerretDB: stored offsets read by _id, compared, and written while the reads are
+        younger than the lease (module docstring); a chunk whose reads aged past it is read again."""
+        import pymongo
+        from pymongo import UpdateOne
+
+        stored: dict[str, dict[str, int]] = {}
+        read_at: dict[str, float] = {}
+        while True:
+            lease_from = time.monotonic() - self.fence_lease_s
+            for car in [doc["_id"] for doc, _ in items if read_at.get(doc["_id"], -1e18) < lease_from]:
+                read_at[car] = time.monotonic()  # before the find: its answer is at least this old
+                stored[car] = self._stored_offsets(car)
+            keep = [(doc, f) for doc, f in items if newer_than_stored(stored[doc["_id"]], *f)]
+            fenced = [doc["_id"] for doc, f in items if not newer_than_stored(stored[doc["_id"]], *f)]
+            ops = [UpdateOne({"_id": doc["_id"]}, {"$set": as_set_fields(doc)}, upsert=True) for doc, _ in keep]
+            if min(read_at.values()) >= time.monotonic() - self.fence_lease_s:
+                break
+            metrics.TWIN_FENCE_REREADS.inc()
+        if ops:
+            with pymongo.timeout(self.timeout_s):
+                self.collection.bulk_write(ops, ordered=False)
+        return Saved(len(ops), fenced)
 
     def _stored_offsets(self, car: str) -> dict[str, int]:
         import pymongo

@@ -250,6 +250,34 @@ def test_a_stale_members_twin_write_is_fenced_out_on_ferretdb_and_a_newer_one_ap
     assert coll.update_one(fence_filter("car-a", 3, 0), {"$set": {"x": 1}}).matched_count == 1  # partition never stored
 
 
+def test_a_member_paused_between_reading_the_stored_offsets_and_writing_is_fenced_out_by_the_newer_twin(mongodb_uri, unique):
+    """A SIGSTOP that lands between the fence's read and its write: the new owner writes meanwhile."""
+    from pymongo import MongoClient
+
+    from inference.transformer.twin_store import TwinStore
+
+    client = MongoClient(mongodb_uri)
+    new_owner = TwinStore(client, "fleetpulse", f"cars_{unique}")
+    assert new_owner.save(snapshot(["car-a", "car-b"], [10, 10], has_twin=False)).written == 2
+
+    class PausedAfterItsRead(TwinStore):
+        paused = False
+
+        def _stored_offsets(self, car):
+            stored = super()._stored_offsets(car)
+            if car == "car-a" and not self.paused:
+                self.paused = True
+                new_owner.save(snapshot(["car-a"], [30]))  # the partition moved on while this member slept
+                time.sleep(self.fence_lease_s + 0.1)
+            return stored
+
+    stale = PausedAfterItsRead(client, "fleetpulse", f"cars_{unique}", fence_lease_s=0.3)
+    saved = stale.save(snapshot(["car-a", "car-b"], [20, 20]))
+    assert saved.fenced == ["car-a"] and saved.written == 1
+    docs = {d["_id"]: d["offsets"] for d in client["fleetpulse"][f"cars_{unique}"].find()}
+    assert docs == {"car-a": {"0": 30}, "car-b": {"0": 20}}
+
+
 def test_a_twin_ferretdb_refuses_is_handed_back_while_the_others_are_written(mongodb_uri, unique):
     """FerretDB refuses NaN by closing the connection; one such document once wedged every car's twin."""
     from pymongo import MongoClient
