@@ -38,9 +38,9 @@ setup: system-deps $(VENV)/.installed
 lock: | $(BIN)/python
 	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
 	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
-	  --python-platform x86_64-unknown-linux-gnu --no-header --no-annotate
+	  --python-platform x86_64-unknown-linux-gnu --no-header --no-annotate --generate-hashes
 	sed -i '/^-e /d; /^# Exact pins/d' requirements.lock
-	sed -i '1i # Exact pins for every package (Python 3.11, linux x86_64). Regenerate with `make lock`.' requirements.lock
+	sed -i '1i # Exact pins with their sha256 hashes for every package (Python 3.11, linux x86_64). Regenerate with `make lock`.' requirements.lock
 
 stack-up: setup
 	$(FP) stack up
