@@ -33,6 +33,14 @@ METADATA = "metadata.json"
 CHANNELS = "channels.json"
 STABLE, CANDIDATE, REJECTED, RETIRED = "stable", "candidate", "rejected", "retired"
 ROLLED_BACK = "rolled back"
+# The model server serves a model's stable version under the model's own V2 name and its candidate
+# under this name; the transformer's shadow scoring asks for the same.
+CANDIDATE_SUFFIX = "-candidate"
+
+
+def candidate_model_name(model: str) -> str:
+    """The V2 model name of ``model``'s candidate (``car-anomaly`` -> ``car-anomaly-candidate``)."""
+    return model + CANDIDATE_SUFFIX
 
 
 @dataclass(frozen=True)

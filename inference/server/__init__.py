@@ -1,5 +1,5 @@
-"""The model server (`fleetpulse serve`): KServe's ModelServer over the newest published SavedModel.
+"""The model server (`fleetpulse serve`): KServe's ModelServer over the stable and candidate SavedModels.
 
-``kserve_model`` is the thin kserve.Model adapter; ``saved_model`` loads and runs one version;
-``model_watcher`` polls GCS and swaps newer versions in.
+``kserve_model`` is the thin kserve.Model adapter, one per served name; ``saved_model`` loads and runs
+one version; ``model_watcher`` follows channels.json on GCS and swaps versions in.
 """

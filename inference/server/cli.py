@@ -1,4 +1,4 @@
-"""`fleetpulse serve`: the KServe ModelServer (V2 REST + gRPC) over the newest published model version."""
+"""`fleetpulse serve`: the KServe ModelServer (V2 REST + gRPC) over the stable and candidate model versions."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from fleetpulse.model_store import CANDIDATE, STABLE
 from fleetpulse.settings import load_settings
 
 
@@ -15,13 +16,15 @@ from fleetpulse.settings import load_settings
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=None, help="gRPC V2 port. [default: 8081]")
 @click.option("--model", "model", default=None, help="Model name under the bucket; overrides the last segment of FLEETPULSE_SERVE_MODEL_URI. [default: car-anomaly]")
 @click.option("--model-uri", default=None, help="gs://<bucket>/<model> to serve (FLEETPULSE_SERVE_MODEL_URI).")
-@click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(min=0.1), default=None, help="Seconds between checks for a newer version. [default: 10]")
+@click.option("--poll-interval", "poll_interval_s", type=click.FloatRange(min=0.1), default=None, help="Seconds between reads of the channels (and, without them, checks for a newer version). [default: 10]")
 @click.option("--first-version-timeout", type=click.FloatRange(min=0), default=None, help="Give up if no version exists after this many seconds (default: wait forever).")
 def serve(http_port, grpc_port, model, model_uri, poll_interval_s, first_version_timeout) -> None:
     """Serve the car-anomaly SavedModel over the Open Inference Protocol (V2), REST and gRPC.
 
-    Loads the newest complete version under gs://<bucket>/<model>/ and swaps in newer ones as they are
-    published (loaded and warmed up first, so requests in flight never fail).
+    Serves the version channels.json calls stable under gs://<bucket>/<model>/ as <model>, and the
+    candidate, while there is one, as <model>-candidate; follows the channels as they change (each new
+    version is loaded and warmed up first, so requests in flight never fail). A bucket without
+    channels.json serves its newest complete version, as before channels existed.
     """
     from fleetpulse.clients import gcs_client
     from inference.server.settings import ServeSettings
@@ -36,18 +39,21 @@ def serve(http_port, grpc_port, model, model_uri, poll_interval_s, first_version
 
     watcher = ModelWatcher(gcs_client(settings.gcs_endpoint or None), settings.bucket, name, settings.cache_dir or None,
                            settings.poll_interval_s)
+    server, adapters = _build_server(settings, watcher)
+    watcher.on_change = lambda slot: _expose(server.registered_models, adapters[slot.channel], slot)
     first = watcher.wait_for_first(progress, first_version_timeout)
-    server, adapter = _build_server(settings, name, watcher)
     watcher.start()
     progress(f"serving {name} version {first.version} (input {first.input_shape}, threshold {first.threshold:.4g}): "
              f"REST http://0.0.0.0:{settings.http_port}/v2/models/{name}/infer, gRPC :{settings.grpc_port}")
+    if (candidate := watcher.candidate.current) is not None:
+        progress(f"serving candidate version {candidate.version} as {watcher.candidate.name}")
     try:
-        server.start([adapter])
+        server.start([adapters[STABLE]])
     finally:
         watcher.stop()
 
 
-def _build_server(settings, name: str, watcher):
+def _build_server(settings, watcher):
     # kserve parses sys.argv when kserve.model_server is imported; keep our flags away from its parser.
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
@@ -62,7 +68,15 @@ def _build_server(settings, name: str, watcher):
     for logger in ("kserve", "kserve.trace", "uvicorn", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(logger).setLevel(settings.log_level.upper())
     logging.getLogger("fleetpulse.serve").setLevel(logging.INFO)
-    adapter = CarAnomalyModel(name, watcher)
-    adapter.load()
-    return server, adapter
+    return server, {STABLE: CarAnomalyModel(watcher.stable), CANDIDATE: CarAnomalyModel(watcher.candidate)}
 
+
+def _expose(registry, adapter, slot) -> None:
+    """A name is in kserve's model registry exactly while its slot holds a version (a withdrawn
+    candidate answers 404 model not found). Called from the watcher's thread: each registry change is
+    one dict operation, atomic under the GIL, against the event loop's lookups."""
+    if slot.current is not None:
+        adapter.load()
+        registry.update(adapter)
+    elif registry.get_model(adapter.name) is not None:
+        registry.unload(adapter.name)

@@ -7,10 +7,10 @@ import uuid
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from inference.server.model_watcher import ModelWatcher
+from inference.server.model_watcher import Slot
 from inference.server.saved_model import LoadedModel, ShapeError
 
 INPUT_NAME = "input"
@@ -19,16 +19,18 @@ _EXECUTOR_MIN_ROWS = 256
 
 
 class CarAnomalyModel(Model):
-    def __init__(self, name: str, watcher: ModelWatcher):
-        super().__init__(name)
-        self.watcher = watcher
+    """One served name (stable or candidate): whatever version its slot holds at the moment a request starts."""
+
+    def __init__(self, slot: Slot):
+        super().__init__(slot.name)
+        self.slot = slot
 
     def load(self) -> bool:
-        self.ready = self.watcher.current is not None
+        self.ready = self.slot.current is not None
         return self.ready
 
     def get_input_types(self) -> list[dict]:
-        model = self.watcher.current
+        model = self.slot.current
         return [{"name": INPUT_NAME, "datatype": "FP32", "shape": model.input_shape if model else []}]
 
     def get_output_types(self) -> list[dict]:
@@ -37,7 +39,9 @@ class CarAnomalyModel(Model):
     async def predict(self, payload: InferRequest, headers: dict | None = None) -> InferResponse:
         if not isinstance(payload, InferRequest):
             raise InvalidInput("expected an Open Inference Protocol (V2) request: POST /v2/models/<model>/infer")
-        model = self.watcher.current  # one version for the whole request, even if a swap happens now
+        model = self.slot.current  # one version for the whole request, even if a swap happens now
+        if model is None:  # the candidate was withdrawn while this request was on its way
+            raise ModelNotFound(self.name)
         x = _input_rows(payload, model)
         if len(x) >= _EXECUTOR_MIN_ROWS:
             # TensorFlow releases the GIL: the event loop parses the next request meanwhile.

@@ -125,6 +125,19 @@ def publish_model(gcs_endpoint: str, model: str, tmp: Path, **kwargs) -> int:
     return publish_saved(gcs_endpoint, model, saved, metadata)
 
 
+def release_saved(gcs_endpoint: str, model: str, saved: Path, metadata: dict | None = None) -> tuple[int, str]:
+    """Publish a SavedModel as the next version and put it on a channel, as the pipeline does after its
+    gate; returns (version, "stable" or "candidate")."""
+    version = publish_saved(gcs_endpoint, model, saved, metadata)
+    return version, model_store.release(gcs_client(gcs_endpoint), model_store.ModelVersion(BUCKET, model, version))
+
+
+def release_model(gcs_endpoint: str, model: str, tmp: Path, **kwargs) -> tuple[int, str]:
+    saved = build_saved_model(tmp / f"saved-{time.monotonic_ns()}", **kwargs)
+    return release_saved(gcs_endpoint, model, saved, {"model_type": "autoencoder", "threshold": kwargs.get("threshold", THRESHOLD),
+                                                      "features": N_FEATURES})
+
+
 class ModelServer:
     """`fleetpulse serve` as a subprocess on free ports; may be killed and restarted on the same ports."""
 
@@ -163,6 +176,29 @@ class ModelServer:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"model server not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def served_version(self, name: str) -> str | None:
+        """The version a one-sample REST request to V2 model ``name`` is answered by; None while it is not served."""
+        meta = httpx.get(f"{self.url}/v2/models/{name}", timeout=10)
+        if meta.status_code == 404:
+            return None
+        shape = [1, *meta.json()["inputs"][0]["shape"][1:]]  # a reading, or a window of readings
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": np.broadcast_to(MEAN, shape).ravel().tolist()}]}
+        r = httpx.post(f"{self.url}/v2/models/{name}/infer", json=body, timeout=10)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json()["model_version"]
+
+    def wait_serving(self, name: str, version: int | None, timeout: float = 60.0) -> "ModelServer":
+        """Until ``name`` is answered by ``version`` (None: until ``name`` is not served)."""
+        want = None if version is None else str(version)
+        deadline = time.monotonic() + timeout
+        while (got := self.served_version(name)) != want:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} is served by version {got}, not {want}, after {timeout}s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        return self
 
     def alive(self) -> bool:
         return self.proc.poll() is None

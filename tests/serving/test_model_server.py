@@ -58,6 +58,7 @@ def test_health_metadata_and_metrics_endpoints(model_server):
     assert {o["name"] for o in meta["outputs"]} == {"score", "anomaly"}
     metrics = httpx.get(f"{base}/metrics").text
     assert "fleetpulse_model_version" in metrics and "request_predict_seconds" in metrics
+    assert "fleetpulse_model_candidate_version 0.0" in metrics  # this model has no candidate
 
 
 @pytest.mark.parametrize(
