@@ -58,10 +58,13 @@ def _build_server(settings, watcher):
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         import kserve
+        from kserve.model_server import app
 
+        from inference.server.json_body import JsonWithoutContentType
         from inference.server.kserve_model import CarAnomalyModel
     finally:
         sys.argv = argv
+    app.add_middleware(JsonWithoutContentType)
     server = kserve.ModelServer(http_port=settings.http_port, grpc_port=settings.grpc_port, workers=settings.workers,
                                 max_threads=settings.grpc_threads, enable_latency_logging=False)
     # Per-request INFO lines (grpc method, latency) cost more than scoring a small batch.
