@@ -17,6 +17,7 @@ import heapq
 import itertools
 import logging
 import select
+import ssl
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -26,9 +27,10 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from bridges.delivery import Next, Record, Redelivery, next_step
 from bridges.health import Health
 from bridges.metrics import BridgeMetrics
-from bridges.mqtt_source import MqttSource
+from bridges.mqtt_source import LoginRefused, MqttSource
 from bridges.settings import BridgeSettings
 from bridges.validation import Screen
+from fleetpulse.clients import AccessDenied
 from fleetpulse.contract import MQTT_TOPIC_PREFIX
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.mqtt_wire import Parsed, ProtocolError
@@ -234,6 +236,24 @@ class Bridge:
 
     # -- MQTT side --------------------------------------------------------------------------------
 
+    def connect_first(self) -> None:
+        """Connect every source once before the loop: a refused identity or an untrusted certificate
+        is a configuration error, one line at start-up (AccessDenied); a broker that does not answer
+        yet is the loop's to retry."""
+        for src in self.sources:
+            who = f"as {src.username!r}" if src.username else "anonymously"
+            try:
+                src.connect()
+            except LoginRefused as exc:
+                raise AccessDenied(f"MQTT broker at {src.name} refused the bridge's login {who} (client id {src.client_id}): {exc}") from None
+            except ssl.SSLError as exc:
+                raise AccessDenied(f"TLS with the MQTT broker at {src.name} failed: {exc.reason or exc} (is mqtt_ca_file the CA "
+                                   "that signed its certificate?)") from None
+            except (OSError, ProtocolError) as exc:
+                src.drop(str(exc))
+                continue
+            self._connected(src)
+
     def _connect_due(self, now: float) -> None:
         for src in self.sources:
             if src.connected or now < src.next_attempt:
@@ -244,10 +264,13 @@ class Bridge:
                 src.drop(str(exc))
                 log.warning("cannot connect to %s: %s (retrying)", src.name, exc)
                 continue
-            self.metrics.reconnects.labels(src.name).inc()
-            self.metrics.connected.labels(src.name).set(1)
-            if (pending := src.take_pending()) is not None:
-                self.forward(src, pending)
+            self._connected(src)
+
+    def _connected(self, src: MqttSource) -> None:
+        self.metrics.reconnects.labels(src.name).inc()
+        self.metrics.connected.labels(src.name).set(1)
+        if (pending := src.take_pending()) is not None:
+            self.forward(src, pending)
 
     def _lost(self, src: MqttSource, exc: BaseException) -> None:
         # Batches of this connection still complete in Kafka; their acks are dropped (the broker
@@ -353,7 +376,9 @@ def build_bridge(settings: BridgeSettings, metrics: BridgeMetrics | None = None)
     from bridges.kafka_sink import build_producer
 
     metrics = metrics or BridgeMetrics()
-    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+    mqtt = settings.mqtt
+    password = mqtt.password.get_secret_value() if mqtt.password else None
+    context = mqtt.ssl_context()
     sources = [
         MqttSource(
             host,
@@ -364,11 +389,12 @@ def build_bridge(settings: BridgeSettings, metrics: BridgeMetrics | None = None)
             keepalive_s=settings.keepalive_s,
             session_expiry_s=settings.session_expiry_s,
             receive_maximum=settings.receive_maximum,
-            username=settings.mqtt_username,
+            username=mqtt.username,
             password=password,
             read_bytes=settings.read_bytes,
+            ssl_context=context,
         )
-        for host, port in settings.broker_endpoints
+        for host, port in mqtt.endpoints
     ]
     bridge = Bridge(settings, None, sources, metrics)  # type: ignore[arg-type]
     bridge.producer = build_producer(settings, error_cb=bridge.on_kafka_error)

@@ -10,6 +10,9 @@ import time
 
 import click
 
+SECRETS = {"mqtt_password", "kafka_password"}
+"""Settings the --json summary leaves out (the *_file ones name a file, not its contents)."""
+
 
 def _opt(name: str, help: str, **kw):
     return click.option(f"--{name}", default=None, help=f"{help} [env FLEETPULSE_BRIDGE_{name.upper().replace('-', '_')}]", **kw)
@@ -35,6 +38,11 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
     Runs until SIGINT/SIGTERM (or --duration / --max-messages), then waits up to
     FLEETPULSE_BRIDGE_SHUTDOWN_TIMEOUT_S (20 s) for Kafka to confirm what is in flight, acks what it
     confirmed and disconnects, keeping the persistent session: the broker redelivers the rest.
+
+    Identities and TLS come from the environment, never from flags: FLEETPULSE_BRIDGE_MQTT_TLS,
+    _MQTT_CA_FILE, _MQTT_USERNAME, _MQTT_PASSWORD_FILE (or _MQTT_PASSWORD) and
+    FLEETPULSE_BRIDGE_KAFKA_SECURITY_PROTOCOL, _KAFKA_SASL_MECHANISM, _KAFKA_USERNAME,
+    _KAFKA_PASSWORD_FILE, _KAFKA_CA_FILE. As a Kafka principal the bridge creates no topics.
     """
     from confluent_kafka import KafkaException
 
@@ -48,12 +56,13 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(BridgeSettings, **flags)
     require_kafka(settings.kafka)
-    require_mqtt(settings.mqtt_brokers)
+    require_mqtt(settings.mqtt)
     try:
         ensure_topics(settings)
     except KafkaException as exc:
         raise FleetPulseError(f"cannot create Kafka topics {settings.topic}/{settings.dlq_topic}: {exc.args[0].str()}") from None
     b = build_bridge(settings)
+    b.connect_first()
     b.metrics.watch(b.health)
     try:
         b.metrics.serve(settings.metrics_port, b.health)
@@ -90,7 +99,7 @@ def bridge(max_messages, duration, progress_every, as_json, verbose, **flags) ->
     )
     summary = b.run(should_stop, progress, every_s=progress_every)
     if as_json:
-        click.echo(json.dumps({**summary.as_dict(), "settings": settings.model_dump(mode="json", exclude={"mqtt_password", "kafka_password"})}))
+        click.echo(json.dumps({**summary.as_dict(), "settings": settings.model_dump(mode="json", exclude=SECRETS)}))
     else:
         click.echo(
             f"bridge stopped after {summary.elapsed_s:.1f}s: received {summary.received:,}, forwarded {summary.forwarded:,}, "

@@ -8,7 +8,7 @@ from dataclasses import replace
 from confluent_kafka import Producer
 
 from bridges.settings import BridgeSettings
-from fleetpulse.clients import ensure_topics as create_missing_topics, kafka_config
+from fleetpulse.clients import kafka_config, prepare_topics
 from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ, TOPICS
 
 log = logging.getLogger("fleetpulse.bridge.kafka")
@@ -43,9 +43,10 @@ def build_producer(settings: BridgeSettings, error_cb=None) -> Producer:
 
 
 def ensure_topics(settings: BridgeSettings, timeout: float = 15.0) -> list[str]:
-    """Create the data and dead-letter topics if missing (partitions/retention from fleetpulse.topics)."""
+    """Create the data and dead-letter topics if missing (partitions/retention from fleetpulse.topics);
+    as a principal on a secured Kafka, which may not create topics, check they exist and are writable."""
     specs = [replace(TOPICS[SENSOR_DATA], name=settings.topic), replace(TOPICS[SENSOR_DATA_DLQ], name=settings.dlq_topic)]
-    created = create_missing_topics(settings.kafka, specs, timeout)
+    created = prepare_topics(settings.kafka, specs, timeout)
     if created:
         log.info("created topics %s", created)
     return created

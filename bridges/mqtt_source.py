@@ -3,19 +3,32 @@
 The socket is driven by the bridge loop (select); nothing here runs a thread. A connection that
 drops is marked down and reconnected by the loop with backoff; the broker keeps the session
 (clean start false, session expiry set) and redelivers every QoS 1 message we have not acked.
+
+Over TLS one recv() returns at most one TLS record (16 KiB), and bytes already decrypted sit in the
+SSL object where select() cannot see them: a read drains every record already there, so a read is
+still one bulk batch and nothing waits unseen in the buffer.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
+import ssl
 import time
 from collections import deque
 
 from fleetpulse import mqtt_wire as wire
+from fleetpulse.clients import MQTT_LOGIN_REFUSALS
 from fleetpulse.retry import Backoff
 
 log = logging.getLogger("fleetpulse.bridge.mqtt")
+
+TLS_RECORDS_PER_READ = 64
+
+
+class LoginRefused(wire.ProtocolError):
+    """The broker refused this client's identity at CONNECT."""
 
 
 class MqttSource:
@@ -36,6 +49,7 @@ class MqttSource:
         password: str | None = None,
         read_bytes: int = 1 << 20,
         connect_timeout_s: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.host, self.port = host, port
         self.name = f"{host}:{port}"
@@ -43,6 +57,7 @@ class MqttSource:
         self.keepalive_s, self.session_expiry_s, self.receive_maximum = keepalive_s, session_expiry_s, receive_maximum
         self.username, self.password = username, password
         self.read_bytes, self.connect_timeout_s = read_bytes, connect_timeout_s
+        self.ssl_context = ssl_context
         self.sock: socket.socket | None = None
         self.generation = 0  # bumps on every connect; acks from an older connection are dropped
         self.session_present = False
@@ -66,6 +81,8 @@ class MqttSource:
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
             sock.sendall(
                 wire.connect_packet(
                     self.client_id,
@@ -82,8 +99,9 @@ class MqttSource:
             _, _, body = next(c for c in parsed.control if c[0] == wire.CONNACK)
             self.session_present, reason, props = wire.parse_connack(body)
             if reason >= 0x80:
-                text = props.get(wire.PROP_REASON_STRING, b"").decode(errors="replace")
-                raise wire.ProtocolError(f"CONNACK reason {reason:#04x} {text}".strip())
+                text = props.get(wire.PROP_REASON_STRING, b"").decode(errors="replace") or wire.CONNACK_REASONS_5.get(reason, "")
+                error = LoginRefused if reason in MQTT_LOGIN_REFUSALS else wire.ProtocolError
+                raise error(f"CONNACK reason {reason:#04x} {text}".strip())
             # Subscribe on every connect, resumed session or not: it covers an expired session, and
             # Mosquitto 2.0.11 restores a persistent session's shared subscription after a broker
             # restart only when the client subscribes again (until then it answers publishers
@@ -121,12 +139,27 @@ class MqttSource:
         chunk = self.sock.recv(self.read_bytes)  # type: ignore[union-attr]
         if not chunk:
             raise ConnectionError(f"{self.name} closed the connection")
+        if self.ssl_context is not None:
+            chunk = self._more_records(chunk)
         self._last_recv = time.monotonic()
         data = self._rest + chunk if self._rest else chunk
         self._rest = data[wire.parse_stream(data, out) :]
         if out.control:
             self._handle_control(out.control)
         return out
+
+    def _more_records(self, chunk: bytes) -> bytes:
+        """Append the TLS records already decrypted or waiting in the socket, up to read_bytes."""
+        sock, parts, size = self.sock, [chunk], len(chunk)
+        for _ in range(TLS_RECORDS_PER_READ):
+            if size >= self.read_bytes or not (sock.pending() or select.select([sock], [], [], 0)[0]):  # type: ignore[union-attr]
+                break
+            more = sock.recv(self.read_bytes - size)  # type: ignore[union-attr]
+            if not more:
+                break  # the close shows on the next read
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts) if len(parts) > 1 else chunk
 
     def take_pending(self) -> wire.Parsed | None:
         """PUBLISH packets that arrived together with the CONNACK (queued messages of a resumed session)."""

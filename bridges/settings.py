@@ -5,12 +5,11 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from fleetpulse import endpoints
 from fleetpulse.contract import MQTT_TOPIC_PREFIX
-from fleetpulse.settings import BrokerList, KafkaClientSettings, parse_hostports
+from fleetpulse.settings import KafkaClientSettings, MqttClientSettings
 from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ
 
 
@@ -18,13 +17,12 @@ RECORD_OVERHEAD_BYTES = 1024
 """Key, headers and record framing next to the payload: a valid car id and its topic take under 200."""
 
 
-class BridgeSettings(KafkaClientSettings):
+class BridgeSettings(MqttClientSettings, KafkaClientSettings):
+    """The brokers it subscribes on (the MQTT mixin's ``mqtt_*``: one subscription per broker in
+    ``mqtt_brokers``, since cars may be spread over several) and the Kafka it produces to."""
+
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_BRIDGE_", extra="ignore")
 
-    mqtt_brokers: BrokerList = endpoints.MQTT_BROKERS
-    """Comma list of host:port; the bridge subscribes on each (cars may be spread over several brokers)."""
-    mqtt_username: str | None = None
-    mqtt_password: SecretStr | None = None
     topic: str = SENSOR_DATA
     dlq_topic: str = SENSOR_DATA_DLQ
     qos: int = Field(1, ge=0, le=1)
@@ -69,7 +67,7 @@ class BridgeSettings(KafkaClientSettings):
 
     @property
     def broker_endpoints(self) -> list[tuple[str, int]]:
-        return parse_hostports(self.mqtt_brokers, 1883)
+        return self.mqtt.endpoints
 
     @property
     def topic_filter(self) -> str:

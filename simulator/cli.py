@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 
 from fleetpulse.clients import require_mqtt
-from fleetpulse.errors import FleetPulseError
+from fleetpulse.errors import FleetPulseError, SettingsError
 from fleetpulse.ground_truth import FAILURE_MODES
 from fleetpulse.settings import load_settings
 from fleetpulse.topics import GROUND_TRUTH
 from simulator.csv_source import DEFAULT_CSV
 from simulator.profiles import PROFILES
-from simulator.runner import RunConfig, Sink, auto_workers, make_plan, run_in_process, run_processes
+from simulator.runner import RunConfig, Sink, auto_workers, make_plan, missing_car_credentials, run_in_process, run_processes
 from simulator.sensor_layer import SensorLayer
 from simulator.settings import SimulatorSettings
 from simulator.truth_writer import TruthWriter
@@ -152,6 +152,12 @@ def simulate(cars, rate, duration, seed, failures, connections, qos, source, csv
 
     A fraction of cars (--failures) develops one failure mode at a random onset; ground truth goes to
     Kafka (--truth-topic) and --truth-file, never into the MQTT payload.
+
+    Identities and TLS come from the environment, never from flags: with --connections = --cars each
+    car logs in as itself from FLEETPULSE_SIMULATOR_CAR_CREDENTIALS_FILE (`fleetpulse stack provision`
+    writes it); otherwise the connections log in as the fleet gateway, FLEETPULSE_SIMULATOR_MQTT_USERNAME
+    with _MQTT_PASSWORD_FILE (or _MQTT_PASSWORD). FLEETPULSE_SIMULATOR_MQTT_TLS and _MQTT_CA_FILE turn
+    on TLS; ground truth goes to Kafka as FLEETPULSE_SIMULATOR_KAFKA_USERNAME (..._KAFKA_* as the bridge's).
     """
     settings = load_settings(SimulatorSettings, mqtt_brokers=mqtt_brokers, kafka_bootstrap_servers=kafka_bootstrap_servers)
     sensors = SensorLayer(sensor_noise, quantise, stuck_rate)
@@ -162,15 +168,22 @@ def simulate(cars, rate, duration, seed, failures, connections, qos, source, csv
         if profile != "default" or sensors.active:
             raise click.BadParameter("a CSV replay has its own cars and sensors", param_hint="--profile/--sensor-noise/--quantise/--stuck-rate")
     connections = min(connections, cars)
+    mqtt = settings.mqtt
+    mqtt.ssl_context()  # an unreadable CA file is one line here, not a traceback in every worker
     cfg = RunConfig(
         cars=cars, rate=rate, duration=duration, seed=seed, failures=failures, connections=connections, qos=int(qos),
         source=source, csv_path=str(csv_path) if csv_path else None, sample_interval=sample_interval, ramp_s=ramp_s,
-        profile=profile, sensors=sensors, brokers=settings.broker_list(), keepalive=keepalive, workers=workers or auto_workers(cars, connections),
+        profile=profile, sensors=sensors, brokers=mqtt.endpoints, keepalive=keepalive, workers=workers or auto_workers(cars, connections),
+        tls=mqtt.tls, ca_file=mqtt.ca_file, gateway=(mqtt.username, mqtt.password) if mqtt.username else None,
+        car_credentials_file=str(settings.car_credentials_file) if settings.car_credentials_file else None,
     )
-    require_mqtt(settings.mqtt_brokers)
+    if (missing := missing_car_credentials(cfg)) is not None:
+        raise SettingsError(f"FLEETPULSE_SIMULATOR_CAR_CREDENTIALS_FILE {cfg.car_credentials_file} has no password for car {missing}; "
+                            f"provision the fleet first (fleetpulse stack provision --cars {cars})")
+    require_mqtt(mqtt)
     writer = None
     if source == "model" and (truth_topic or truth_file):
-        writer = TruthWriter(settings.kafka_bootstrap_servers, truth_topic, truth_file)
+        writer = TruthWriter(settings.kafka, truth_topic, truth_file)
     progress = Progress(writer, cars, quiet, Metrics(settings.metrics_port) if metrics else None)
     t0 = time.monotonic()
     try:

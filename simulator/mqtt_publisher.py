@@ -13,18 +13,23 @@ until a subscriber takes it.
 
 paho-mqtt costs 10-20 us of Python per publish(); here a batch of a block's packets is one
 ``transport.write`` and per-message Python is limited to QoS 1 bookkeeping (a dict entry per packet).
+
+With TLS the event loop's SSL transport carries the same batches; a connection logs in with its own
+username and password (a car's, or the fleet gateway's in the multiplexed mode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from fleetpulse import mqtt_wire as wire
+from fleetpulse.clients import MQTT_LOGIN_REFUSALS, AccessDenied
 from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.retry import Backoff
 
@@ -32,6 +37,10 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linu
 QOS1_WINDOW = 20_000
 """Max unacked QoS 1 packets per connection (the broker's Receive Maximum may lower it): keeps 16-bit
 packet ids unique (acks come in order, and not-routed packets are published again together)."""
+
+
+class LoginRefused(ConnectionError):
+    """The broker refused this connection's identity at CONNECT."""
 
 
 @dataclass
@@ -57,9 +66,11 @@ class Endpoint:
 class Connection(asyncio.Protocol):
     """One MQTT session: write batches, track QoS 1 acks, reconnect."""
 
-    def __init__(self, client_id: str, endpoint: Endpoint, stats: PublishStats, keepalive_s: int = 60, connect_timeout_s: float = 10.0):
+    def __init__(self, client_id: str, endpoint: Endpoint, stats: PublishStats, keepalive_s: int = 60, connect_timeout_s: float = 10.0,
+                 username: str | None = None, password: str | None = None, ssl_context: ssl.SSLContext | None = None):
         self.client_id, self.endpoint, self.stats = client_id, endpoint, stats
         self.keepalive_s, self.connect_timeout_s = keepalive_s, connect_timeout_s
+        self.username, self.password, self.ssl_context = username, password, ssl_context
         self.transport: asyncio.Transport | None = None
         self.connected = False
         self.closing = False
@@ -183,11 +194,16 @@ class Connection(asyncio.Protocol):
                 sock.bind((ep.source, 0))
             await asyncio.wait_for(loop.sock_connect(sock, (ep.host, ep.port)), self.connect_timeout_s)
             self._connack = loop.create_future()
-            await loop.create_connection(lambda: self, sock=sock)
+            if self.ssl_context is None:
+                await loop.create_connection(lambda: self, sock=sock)
+            else:
+                await loop.create_connection(lambda: self, sock=sock, ssl=self.ssl_context, server_hostname=ep.host,
+                                             ssl_handshake_timeout=self.connect_timeout_s)
         except BaseException:
             sock.close()
             raise
-        self.transport.write(wire.connect_packet(self.client_id, protocol=wire.MQTT_5, keepalive_s=self.keepalive_s))
+        self.transport.write(wire.connect_packet(self.client_id, protocol=wire.MQTT_5, keepalive_s=self.keepalive_s,
+                                                 username=self.username, password=self.password))
         try:
             body = await asyncio.wait_for(self._connack, self.connect_timeout_s)
             _, code, props = wire.parse_connack(body)
@@ -197,7 +213,8 @@ class Connection(asyncio.Protocol):
             raise
         if code >= 0x80:
             self.transport.abort()
-            raise ConnectionError(f"CONNACK refused: {wire.CONNACK_REASONS_5.get(code, f'reason {code:#04x}')}")
+            error = LoginRefused if code in MQTT_LOGIN_REFUSALS else ConnectionError
+            raise error(f"CONNACK refused: {wire.CONNACK_REASONS_5.get(code, f'reason {code:#04x}')}")
         # MQTT 5 makes more un-acked QoS 1 publishes than the broker's Receive Maximum a protocol error.
         self.window = min(QOS1_WINDOW, int(props.get(wire.PROP_RECEIVE_MAXIMUM, 65535)))
         self.connected = True
@@ -303,6 +320,13 @@ class Pool:
                     try:
                         await conn.open()
                         return
+                    except LoginRefused as exc:
+                        who = f"as {conn.username!r}" if conn.username else "anonymously"
+                        raise AccessDenied(f"MQTT broker at {conn.endpoint.host}:{conn.endpoint.port} refused the login of "
+                                           f"{conn.client_id} {who}: {exc}") from None
+                    except ssl.SSLError as exc:
+                        raise AccessDenied(f"TLS with the MQTT broker at {conn.endpoint.host}:{conn.endpoint.port} failed: "
+                                           f"{exc.reason or exc} (is mqtt_ca_file the CA that signed its certificate?)") from None
                     except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                         error = exc
                         await asyncio.sleep(0.2 * (attempt + 1))

@@ -16,17 +16,20 @@ import math
 import multiprocessing as mp
 import queue as queue_mod
 import resource
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from pydantic import SecretStr
 
 from fleetpulse.codec import encode_batch
 from fleetpulse.contract import topic_for_car
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.ground_truth import HEALTHY, TruthRecord
+from fleetpulse.identity import read_car_credentials
 from fleetpulse.mqtt_wire import MQTT_5, PublishBuilder
 from simulator.car_model import block_count, car_id, make_blocks
 from simulator.csv_source import make_csv_blocks
@@ -60,6 +63,13 @@ class RunConfig:
     keepalive: int = 60
     workers: int = 1
     drain_timeout_s: float = 60.0
+    tls: bool = False
+    ca_file: str | None = None
+    gateway: tuple[str, SecretStr | None] | None = None
+    """(username, password) every connection logs in with, unless a car logs in as itself."""
+    car_credentials_file: str | None = None
+    """With one connection per car: each car logs in as itself, its password from this file. Each
+    worker reads the file itself: 100,000 passwords are not pickled to every spawned worker."""
 
     @property
     def events_per_car(self) -> int:
@@ -94,6 +104,14 @@ def _source_address(host: str, conn_index: int, total: int) -> str | None:
     return f"127.0.0.{2 + conn_index // PER_SOURCE_ADDRESS}"
 
 
+def missing_car_credentials(cfg: RunConfig) -> str | None:
+    """The first car of the run without a password in ``cfg.car_credentials_file``, or None."""
+    if not (cfg.per_car and cfg.car_credentials_file):
+        return None
+    known = read_car_credentials(Path(cfg.car_credentials_file))
+    return next((car_id(i) for i in range(cfg.cars) if car_id(i) not in known), None)
+
+
 class Layout:
     """Which connection each car of this worker publishes on, grouped per block."""
 
@@ -101,13 +119,20 @@ class Layout:
         brokers, W = cfg.brokers, cfg.workers
         self.conns: list[Connection] = []
         self.groups: dict[int, tuple[np.ndarray, list[tuple[Connection, int, int]]]] = {}
+        context = ssl.create_default_context(cafile=cfg.ca_file) if cfg.tls else None
+        user, password = cfg.gateway or (None, None)
+        gateway = {"username": user, "password": password.get_secret_value() if password else None, "ssl_context": context}
         if cfg.per_car:
-            # One session per car, client id = car id, like the original scenario's devices.
+            cars = read_car_credentials(Path(cfg.car_credentials_file)) if cfg.car_credentials_file else None
+            # One session per car, client id = car id, like the original scenario's devices; with
+            # credentials the car logs in as itself (the broker binds its username to that client id).
             for block in blocks:
                 conns = []
                 for i in range(block.first, block.first + block.n):
                     host, port = brokers[i % len(brokers)]
-                    conns.append(Connection(car_id(i), Endpoint(host, port, _source_address(host, i, cfg.cars)), stats, cfg.keepalive))
+                    car = car_id(i)
+                    login = gateway if cars is None else {"username": car, "password": cars[car], "ssl_context": context}
+                    conns.append(Connection(car, Endpoint(host, port, _source_address(host, i, cfg.cars)), stats, cfg.keepalive, **login))
                 self.conns.extend(conns)
                 self.groups[block.index] = (np.arange(block.n), [(c, j, j + 1) for j, c in enumerate(conns)])
             return
@@ -117,7 +142,8 @@ class Layout:
             j = worker + W * local
             host, port = brokers[j % len(brokers)]
             client = f"fleetpulse-sim-{cfg.seed}-{j}-{_run_tag()}"
-            self.conns.append(Connection(client, Endpoint(host, port, _source_address(host, j, cfg.connections)), stats, cfg.keepalive))
+            endpoint = Endpoint(host, port, _source_address(host, j, cfg.connections))
+            self.conns.append(Connection(client, endpoint, stats, cfg.keepalive, **gateway))
         for block in blocks:
             conn_of = (np.arange(block.first, block.first + block.n)) % n_local
             order = np.argsort(conn_of, kind="stable")

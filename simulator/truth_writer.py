@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from fleetpulse.clients import ensure_topics, kafka_config, require_kafka
+from fleetpulse.clients import kafka_config, prepare_topics, require_kafka
 from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.ground_truth import TruthRecord
 from fleetpulse.settings import KafkaConnection
@@ -14,14 +14,16 @@ from fleetpulse.topics import GROUND_TRUTH, TOPICS
 
 
 def ensure_topic(connection: KafkaConnection | str, topic: str) -> None:
-    """Create the truth topic if it is missing, partitioned and kept forever like ``ground-truth``."""
+    """Create the truth topic if it is missing, partitioned and kept forever like ``ground-truth``; as a
+    principal (who may not create topics), check that it exists and may be written."""
     from confluent_kafka import KafkaException
 
+    if isinstance(connection, str):
+        connection = KafkaConnection(bootstrap_servers=connection)
     try:
-        ensure_topics(connection, [replace(TOPICS[GROUND_TRUTH], name=topic)])
+        prepare_topics(connection, [replace(TOPICS[GROUND_TRUTH], name=topic)])
     except KafkaException as exc:
-        servers = kafka_config(connection)["bootstrap.servers"]
-        raise BrokerUnavailable(f"cannot create truth topic {topic!r} on {servers}: {exc}") from None
+        raise BrokerUnavailable(f"cannot create truth topic {topic!r} on {connection.bootstrap_servers}: {exc}") from None
 
 
 class TruthWriter:
