@@ -8,6 +8,8 @@ SENSOR_DATA = "sensor-data"
 SENSOR_DATA_DLQ = "sensor-data-dlq"
 GROUND_TRUTH = "ground-truth"
 ALERTS = "alerts"
+MODEL_SHADOW = "model-shadow"
+MODEL_REQUESTS = "model-requests"
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -31,6 +33,9 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(SENSOR_DATA_DLQ, 1, 14 * DAY_MS, doc="payloads that failed validation; headers name the reason"),
         TopicSpec(GROUND_TRUTH, 1, -1, doc="simulator labels {car_id, mode, onset_ts, severity}; never read by training"),
         TopicSpec(ALERTS, 3, 30 * DAY_MS, doc="alert-v1 records on every car status change, keyed by car id"),
+        TopicSpec(MODEL_SHADOW, 3, 7 * DAY_MS, doc="stable and candidate verdicts on the same events (fleetpulse.shadow), "
+                                                    "what a promotion is decided on"),
+        TopicSpec(MODEL_REQUESTS, 1, 30 * DAY_MS, doc="requests for a retrain (drift detected), JSON; the training loop acts on them"),
     )
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetpulse.contract import MQTT_TOPIC_PREFIX
-from fleetpulse.topics import ALERTS, GROUND_TRUTH, SENSOR_DATA, SENSOR_DATA_DLQ
+from fleetpulse.topics import ALERTS, GROUND_TRUTH, MODEL_REQUESTS, MODEL_SHADOW, SENSOR_DATA, SENSOR_DATA_DLQ
 
 ADMIN = "admin"
 KAFKA_BROKER = "kafka-broker"
@@ -38,7 +38,9 @@ KAFKA_RIGHTS: dict[str, KafkaRights] = {
     "training": KafkaRights(read=(SENSOR_DATA, GROUND_TRUTH), group_prefixes=("fleetpulse-train",)),
     # The DLQ is shared with the bridge: what either cannot decode goes to sensor-data-dlq.
     # A group prefix, not the literal group, so a test's or the demo's transformer runs in its own group.
-    "transformer": KafkaRights(read=(SENSOR_DATA,), write=(ALERTS, SENSOR_DATA_DLQ), group_prefixes=("fleetpulse-transformer",)),
+    # model-shadow: both models' verdicts for the promotion decision; model-requests: a retrain on drift.
+    "transformer": KafkaRights(read=(SENSOR_DATA,), write=(ALERTS, SENSOR_DATA_DLQ, MODEL_SHADOW, MODEL_REQUESTS),
+                               group_prefixes=("fleetpulse-transformer",)),
 }
 """No Kafka right needs IDEMPOTENT_WRITE on the cluster: since Kafka 2.8 (KIP-679) Write on a topic
 admits an idempotent producer (the bridge's and the transformer's are), tested in tests/security."""
