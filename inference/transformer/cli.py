@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from urllib.parse import urlsplit
 
 import click
 
@@ -16,7 +17,8 @@ from fleetpulse.settings import load_settings
 @click.option("--group-id", default=None, help="Consumer group id. [default: fleetpulse-transformer]")
 @click.option("--model-grpc", default=None, help="Model server gRPC host:port. [default: 127.0.0.1:8081]")
 @click.option("--model-name", default=None, help="Model name on the server. [default: car-anomaly]")
-@click.option("--mongodb-uri", default=None, help="MongoDB URI for the twin. [default: local stack]")
+@click.option("--mongodb-uri", default=None, help="MongoDB URI for the twin, without credentials (those come from "
+              "FLEETPULSE_SCORE_MONGODB_USERNAME and _MONGODB_PASSWORD_FILE, or a URI in FLEETPULSE_SCORE_MONGODB_URI). [default: local stack]")
 @click.option("--alerts-topic", default=None, help="Topic for alert-v1 records. [default: alerts]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Prometheus /metrics port, 0 = off. [default: 9101]")
 @click.option("--until-idle", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
@@ -30,8 +32,17 @@ def score(kafka_bootstrap_servers, topic, group_id, model_grpc, model_name, mong
     Offsets are committed only after the alerts are acknowledged by Kafka and the twin write succeeded;
     undecodable records and implausible readings go to the dead-letter topic with the reason. SIGTERM
     stops within FLEETPULSE_SCORE_STOP_TIMEOUT_S (30 s), committing only what is durable.
+
+    Identities and TLS come from the environment, never from flags: FLEETPULSE_SCORE_KAFKA_SECURITY_PROTOCOL,
+    _KAFKA_SASL_MECHANISM, _KAFKA_USERNAME, _KAFKA_PASSWORD_FILE, _KAFKA_CA_FILE, and
+    FLEETPULSE_SCORE_MONGODB_USERNAME, _MONGODB_PASSWORD_FILE (or _MONGODB_PASSWORD), _MONGODB_TLS,
+    _MONGODB_CA_FILE. As a Kafka principal its group must be one its ACLs grant (fleetpulse-transformer*).
     """
     from inference.transformer.settings import ScoreSettings
+
+    if mongodb_uri and urlsplit(mongodb_uri).password:
+        raise click.BadParameter("credentials never go on the command line (other users see it): use "
+                                 "FLEETPULSE_SCORE_MONGODB_USERNAME and FLEETPULSE_SCORE_MONGODB_PASSWORD_FILE", param_hint="--mongodb-uri")
 
     settings = load_settings(ScoreSettings, kafka_bootstrap_servers=kafka_bootstrap_servers, topic=topic, group_id=group_id,
                              model_grpc=model_grpc, model_name=model_name, mongodb_uri=mongodb_uri, alerts_topic=alerts_topic,
@@ -71,15 +82,20 @@ def build(settings, progress, health=None):
 
     from fleetpulse.clients import require_kafka
     from inference.transformer.loop import Transformer
-    from inference.transformer.twin_store import TwinStore, ping
+    from inference.transformer.twin_store import TwinStore
     from inference.transformer.v2_client import V2Client
 
-    require_kafka(settings.kafka_bootstrap_servers)
+    kafka = settings.kafka
+    if kafka.authenticated:  # a principal: its rights are checked up front, one line each
+        require_kafka(kafka, topics=[settings.topic, settings.alerts_topic, settings.dlq_topic], groups=[settings.group_id])
+    else:
+        require_kafka(kafka)
     # No driver-level read retries: a twin read (the fence's stored offset, the loader) that meets an
     # outage fails fast and is retried by the transformer's own Retries: counted, reported, and seen by
     # /healthz, instead of waiting silently inside the driver. (FerretDB has no retryable writes anyway.)
-    mongo = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, retryReads=False)
-    ping(mongo, settings.mongodb_uri)
+    mongo = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, retryReads=False,
+                        **settings.mongodb_options())
+    require_mongodb(mongo, settings)
     client = V2Client(settings.model_grpc, settings.model_name)
     client.wait_ready(timeout_s=30)
     consumer = Consumer(settings.consumer_config())
@@ -89,3 +105,31 @@ def build(settings, progress, health=None):
     transformer = Transformer(settings, consumer, producer, client, twins, progress, health=health)
     consumer.subscribe([settings.topic], on_revoke=transformer.on_revoke, on_lost=transformer.on_lost)
     return transformer
+
+
+def require_mongodb(client, settings) -> None:
+    """One line naming the user when MongoDB refuses the login or the TLS handshake, or cannot be reached
+    (never the URI: it may hold credentials)."""
+    from pymongo.errors import OperationFailure, PyMongoError
+
+    from fleetpulse.clients import AccessDenied
+    from fleetpulse.errors import BrokerUnavailable
+
+    where = f"MongoDB at {settings.mongodb_target}"
+    user = settings.mongodb_username or urlsplit(settings.mongodb_uri).username
+    try:
+        # Not ping: FerretDB answers it without a login. Listing the twin's collection needs one.
+        client[settings.twin_database].command("listCollections", filter={"name": settings.twin_collection}, nameOnly=True)
+    except OperationFailure as exc:
+        if exc.code in (13, 18) and not user:  # Unauthorized
+            raise AccessDenied(f"{where} requires a login: set FLEETPULSE_SCORE_MONGODB_USERNAME and "
+                               "FLEETPULSE_SCORE_MONGODB_PASSWORD_FILE") from None
+        if exc.code in (13, 18):  # Unauthorized, AuthenticationFailed
+            raise AccessDenied(f"{where} refused user {user!r}: wrong username or password, or no rights "
+                               "(check its password file or variable)") from None
+        raise BrokerUnavailable(f"{where} answered {exc.code}: {exc.details.get('errmsg', exc) if exc.details else exc}") from None
+    except PyMongoError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise AccessDenied(f"TLS with {where} failed: certificate verify failed (is mongodb_ca_file the CA that signed "
+                               "its certificate?)") from None
+        raise BrokerUnavailable(f"{where} is unreachable ({type(exc).__name__}); is the stack up? (fleetpulse stack up)") from None

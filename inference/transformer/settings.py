@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fleetpulse import endpoints, topics
 from fleetpulse.clients import kafka_config
 from fleetpulse.hysteresis import Rule
-from fleetpulse.settings import KafkaClientSettings
+from fleetpulse.settings import KafkaClientSettings, secret_from
 from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
 from inference import DEFAULT_MODEL
 
@@ -22,11 +24,23 @@ class ScoreSettings(KafkaClientSettings):
 
     topic: str = topics.SENSOR_DATA
     group_id: str = "fleetpulse-transformer"
+    """On a secured Kafka the transformer's principal may join only groups named ``fleetpulse-transformer*``."""
     alerts_topic: str = topics.ALERTS
     dlq_topic: str = topics.SENSOR_DATA_DLQ
     model_grpc: str = "127.0.0.1:8081"
     model_name: str = DEFAULT_MODEL
     mongodb_uri: str = endpoints.MONGODB_URI
+    """May hold credentials when it comes from the environment (a Secret's connection string); never log it
+    (``mongodb_target`` is the printable form)."""
+    mongodb_username: str | None = None
+    mongodb_password: SecretStr | None = None
+    mongodb_password_file: Path | None = None
+    """A file holding the MongoDB password (a mounted Secret); read at start-up, never logged."""
+    mongodb_auth_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] = "SCRAM-SHA-256"
+    mongodb_auth_source: str = "admin"
+    mongodb_tls: bool = False
+    mongodb_ca_file: str | None = None
+    """The CA that signed the server's certificate (with mongodb_tls); the system's CAs when unset."""
     twin_database: str = TWIN_DATABASE
     twin_collection: str = TWIN_COLLECTION
     poll_batch: int = Field(5000, ge=1, description="records per consume() call")
@@ -77,6 +91,34 @@ class ScoreSettings(KafkaClientSettings):
         elif self.stuck_after_s <= self.twin_interval_s:
             raise ValueError(f"stuck_after_s ({self.stuck_after_s:g}) must be longer than twin_interval_s ({self.twin_interval_s:g})")
         return self
+
+    @model_validator(mode="after")
+    def _mongodb_consistent(self):
+        env = self.model_config["env_prefix"]
+        if self.mongodb_ca_file and not self.mongodb_tls:
+            raise ValueError(f"{env}MONGODB_CA_FILE is set but {env}MONGODB_TLS is off")
+        if (self.mongodb_password is not None or self.mongodb_password_file is not None) and not self.mongodb_username:
+            raise ValueError(f"a MongoDB password is set but {env}MONGODB_USERNAME is not")
+        return self
+
+    @property
+    def mongodb_target(self) -> str:
+        """``mongodb_uri`` without its credentials and options: for messages and logs."""
+        parts = urlsplit(self.mongodb_uri)
+        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+    def mongodb_options(self) -> dict:
+        """MongoClient keyword arguments for the login and TLS settings (secrets included: never log them)."""
+        options: dict = {}
+        if self.mongodb_username:
+            password = secret_from(self.mongodb_password, self.mongodb_password_file, "mongodb_password_file")
+            options.update(username=self.mongodb_username, password=password.get_secret_value() if password else None,
+                           authMechanism=self.mongodb_auth_mechanism, authSource=self.mongodb_auth_source)
+        if self.mongodb_tls:
+            options["tls"] = True
+            if self.mongodb_ca_file:
+                options["tlsCAFile"] = self.mongodb_ca_file
+        return options
 
     @property
     def rule(self) -> Rule:
