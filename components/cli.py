@@ -45,9 +45,14 @@ def _check_window(from_ts, to_ts, from_flag: str, to_flag: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line (the last line of stdout).")
 def train(model_type, epochs, topic, truth_topic, from_ts, to_ts, eval_from_ts, eval_to_ts, eval_share, window, min_f1,
           runner, pipeline_root, kafka_bootstrap_servers, bucket, as_json):
-    """Train an anomaly model from Kafka through TensorFlow I/O, evaluate it on ground truth, publish it to GCS."""
+    """Train an anomaly model from Kafka through TensorFlow I/O, evaluate it on ground truth, publish it to GCS.
+
+    On a secured Kafka every step logs in as FLEETPULSE_TRAIN_KAFKA_USERNAME, its password from
+    FLEETPULSE_TRAIN_KAFKA_PASSWORD_FILE (never a flag or a pipeline parameter), with
+    FLEETPULSE_TRAIN_KAFKA_SECURITY_PROTOCOL, _KAFKA_SASL_MECHANISM and _KAFKA_CA_FILE, in consumer
+    groups under FLEETPULSE_TRAIN_KAFKA_GROUP_ID (fleetpulse-train, the training ACL's prefix).
+    """
     from components.settings import TrainSettings
-    from components.kafka_dataset import require_kafka
 
     _check_window(from_ts, to_ts, "--from-ts", "--to-ts")
     _check_window(eval_from_ts, eval_to_ts, "--eval-from-ts", "--eval-to-ts")
@@ -83,8 +88,9 @@ def _precheck(settings, topic: str, from_ts, to_ts) -> None:
     from components.kafka_dataset import WindowError, require_kafka, resolve_window
     from components.steps import TrainParams
 
-    require_kafka(settings.kafka_bootstrap_servers)
-    window = resolve_window(settings.kafka_bootstrap_servers, topic, from_ts, to_ts)
+    # TF-IO would wait forever on a refused login: the same credentials are checked here first.
+    require_kafka(settings.kafka, (topic,))
+    window = resolve_window(settings.kafka, topic, from_ts, to_ts)
     if window.records < TrainParams.min_records:
         raise WindowError(f"{window.describe()} holds {window.records} records, fewer than the {TrainParams.min_records} needed to train")
 

@@ -9,6 +9,13 @@ records in one run). So the dataset is built here on TF-IO's own Kafka kernels
 confluent-kafka, ``enable.partition.eof=false`` and a short ``fetch.wait.max.ms`` (a 500 ms
 default stall per chunk otherwise). Records are counted against the offsets afterwards: a short
 read is an error, never a smaller training set.
+
+On a secured Kafka every reader logs in as the training principal (SASL_SSL, SCRAM) in a group under
+its ACL's prefix. TF-IO's bundled librdkafka (1.5.0) retries a refused login forever and yields
+nothing, and does not check the brokers' host names: confluent-kafka's metadata check (which does)
+runs first with the same credentials and fails with one line. A function given a bare bootstrap
+string (what the KFP components pass: a secret is never a pipeline parameter, which the UI shows)
+takes the rest of the connection from FLEETPULSE_TRAIN_KAFKA_* (a mounted Secret's file).
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.settings import TrainSettings
 from fleetpulse import clients
-from fleetpulse.errors import BrokerUnavailable, FleetPulseError
-from fleetpulse.settings import parse_hostports
+from fleetpulse.errors import BrokerUnavailable, FleetPulseError, SettingsError
+from fleetpulse.settings import KafkaConnection, load_settings, parse_hostports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF-IO logs every chunk at INFO
 
@@ -67,9 +75,32 @@ class Window:
         return cls(data["topic"], ranges)
 
 
-def require_kafka(bootstrap: str) -> None:
-    """BrokerUnavailable unless Kafka answers. A TCP probe first: librdkafka would log a line every
-    50 ms for ten seconds before fleetpulse.clients.require_kafka's metadata request gives up."""
+Kafka = KafkaConnection | str
+"""A training reader's Kafka: a connection, or a bare bootstrap completed from FLEETPULSE_TRAIN_KAFKA_*."""
+
+
+def kafka_connection(kafka: Kafka) -> KafkaConnection:
+    if isinstance(kafka, KafkaConnection):
+        return kafka
+    return load_settings(TrainSettings, kafka_bootstrap_servers=kafka).kafka
+
+
+def group_id(name: str) -> str:
+    """The consumer group of one reader, under the training principal's prefix (FLEETPULSE_TRAIN_KAFKA_GROUP_ID)."""
+    return f"{load_settings(TrainSettings).kafka_group_id}-{name}"
+
+
+def consumer_config(kafka: Kafka, name: str, **extra) -> dict:
+    return clients.kafka_config(kafka_connection(kafka), **{"group.id": group_id(name), "enable.auto.commit": False, **extra})
+
+
+def require_kafka(kafka: Kafka, topics: tuple[str, ...] = ()) -> None:
+    """BrokerUnavailable unless Kafka answers; AccessDenied (one line naming the principal) when it
+    refuses the login, or, as a principal, the rights on ``topics`` or the readers' groups. A TCP
+    probe first: librdkafka would log a line every 50 ms for ten seconds before
+    fleetpulse.clients.require_kafka's metadata request gives up."""
+    connection = kafka_connection(kafka)
+    bootstrap = connection.bootstrap_servers
     endpoints = parse_hostports(bootstrap, 9092)
     errors = []
     for host, port in endpoints:
@@ -80,7 +111,10 @@ def require_kafka(bootstrap: str) -> None:
             errors.append(str(exc))
     else:
         raise BrokerUnavailable(errors[0] if len(errors) == 1 else f"no Kafka broker of {bootstrap} is reachable: {'; '.join(errors)}")
-    clients.require_kafka(bootstrap)
+    if connection.authenticated:
+        clients.require_kafka(connection, topics=topics, groups=[group_id("tfio")])
+    else:
+        clients.require_kafka(connection)
 
 
 def _offsets_at(consumer, topic: str, partitions: list[int], ts_ms: int, fallback: dict[int, int]) -> dict[int, int]:
@@ -91,16 +125,16 @@ def _offsets_at(consumer, topic: str, partitions: list[int], ts_ms: int, fallbac
     return {tp.partition: (tp.offset if tp.offset >= 0 else fallback[tp.partition]) for tp in found}
 
 
-def resolve_window(bootstrap: str, topic: str, from_ts: int | None = None, to_ts: int | None = None) -> Window:
+def resolve_window(kafka: Kafka, topic: str, from_ts: int | None = None, to_ts: int | None = None) -> Window:
     """Per-partition offset ranges of ``topic`` holding records with from_ts <= timestamp < to_ts (ms)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    require_kafka(bootstrap)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetpulse-train-resolve", "enable.auto.commit": False})
+    require_kafka(kafka, (topic,))
+    consumer = Consumer(consumer_config(kafka, "resolve"))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
-            raise WindowError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise WindowError(f"topic {topic!r} does not exist on {kafka_connection(kafka).bootstrap_servers}")
         partitions = sorted(meta.partitions)
         marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
         low = {p: lo for p, (lo, hi) in marks.items()}
@@ -140,7 +174,18 @@ def _decode(messages):
     return batch.values, batch.valid, batch.valid & ~implausible(batch.values)
 
 
-def raw_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
+def tfio_config(kafka: Kafka) -> list[str]:
+    """TF-IO's ``key=value`` reader configuration (secrets included: never log it)."""
+    conf = clients.kafka_config(kafka_connection(kafka), **{"group.id": group_id("tfio")})
+    # TF-IO 0.37.1 refuses an entry with a second "=" ("invalid topic configuration"); the stack's
+    # passwords (URL-safe base64 without padding) have none.
+    if "=" in conf.get("sasl.password", ""):
+        raise SettingsError("the Kafka password of FLEETPULSE_TRAIN_KAFKA_USERNAME contains '=', which TF-IO's Kafka "
+                            "configuration cannot carry; give the training principal a password without '='")
+    return [*TFIO_CONFIG, *(f"{k}={v}" for k, v in conf.items())]
+
+
+def raw_dataset(kafka: Kafka, window: Window, chunk: int = CHUNK):
     """tf.data of (messages, keys) string batches of up to ``chunk`` records.
 
     Partitions are read in parallel (one TF-IO consumer each, interleaved deterministically); each
@@ -149,7 +194,7 @@ def raw_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
     import tensorflow as tf
     from tensorflow_io.python.ops import core_ops
 
-    config = [*TFIO_CONFIG, f"bootstrap.servers={bootstrap}"]
+    config = tfio_config(kafka)
     ranges = [r for r in window.ranges if r.count > 0]
     if not ranges:
         raise WindowError(f"no records in {window.describe()}")
@@ -173,7 +218,7 @@ def raw_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
         partition_chunks, cycle_length=len(ranges), block_length=1, num_parallel_calls=len(ranges), deterministic=True)
 
 
-def decoded_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
+def decoded_dataset(kafka: Kafka, window: Window, chunk: int = CHUNK):
     """tf.data of (values float32 [B,18], decodable bool [B], plausible bool [B], keys string [B]): header
     stripped and Avro decoded per batch with the vectorised codec (measured faster than TF-IO's
     decode_avro; bench/train.py); plausible = decodable with every reading inside fleetpulse.readings' ranges."""
@@ -186,7 +231,7 @@ def decoded_dataset(bootstrap: str, window: Window, chunk: int = CHUNK):
         plausible.set_shape([None])
         return values, valid, plausible, keys
 
-    return raw_dataset(bootstrap, window, chunk).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return raw_dataset(kafka, window, chunk).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 @dataclass
@@ -203,13 +248,13 @@ class Records:
         return len(self.values)
 
 
-def read_records(bootstrap: str, window: Window, min_records: int = 1, progress=None) -> Records:
+def read_records(kafka: Kafka, window: Window, min_records: int = 1, progress=None) -> Records:
     """Run the TF-IO pipeline over the whole window and collect it; fail loudly on empty/short reads."""
-    require_kafka(bootstrap)
+    require_kafka(kafka, (window.topic,))
     if window.records < min_records:
         raise WindowError(f"{window.describe()} holds {window.records} records, fewer than the {min_records} needed")
     values, keys, read, bad, dropped = [], [], 0, 0, 0
-    for v, valid, ok, k in decoded_dataset(bootstrap, window).as_numpy_iterator():
+    for v, valid, ok, k in decoded_dataset(kafka, window).as_numpy_iterator():
         read += len(ok)
         bad += int((~valid).sum())
         dropped += int((valid & ~ok).sum())
@@ -227,18 +272,17 @@ class TimedRecords(Records):
     ts_ms: np.ndarray = None  # int64 [N] Kafka timestamps (join ground truth)
 
 
-def read_timed_records(bootstrap: str, window: Window, min_records: int = 1) -> TimedRecords:
+def read_timed_records(kafka: Kafka, window: Window, min_records: int = 1) -> TimedRecords:
     """Read a window with Kafka timestamps (evaluation joins labels on them; TF-IO does not expose them)."""
     from confluent_kafka import Consumer, TopicPartition
 
     from fleetpulse.codec import decode_batch
     from fleetpulse.readings import implausible
 
-    require_kafka(bootstrap)
+    require_kafka(kafka, (window.topic,))
     if window.records < min_records:
         raise WindowError(f"{window.describe()} holds {window.records} records, fewer than the {min_records} needed")
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetpulse-train-eval", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": 10})
+    consumer = Consumer(consumer_config(kafka, "eval", **{"fetch.wait.max.ms": 10}))
     payloads, keys, ts = [], [], []
     try:
         for r in window.ranges:
@@ -266,19 +310,20 @@ def read_timed_records(bootstrap: str, window: Window, min_records: int = 1) -> 
                         ts_ms=np.asarray(ts, dtype=np.int64)[ok])
 
 
-def read_truth(bootstrap: str, topic: str):
+def read_truth(kafka: Kafka, topic: str):
     """All TruthRecords on the ground-truth topic (small: one per car per state change)."""
     from confluent_kafka import Consumer, TopicPartition
 
     from fleetpulse.ground_truth import TruthRecord
 
-    require_kafka(bootstrap)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fleetpulse-train-truth", "enable.auto.commit": False})
+    require_kafka(kafka, (topic,))
+    consumer = Consumer(consumer_config(kafka, "truth"))
     out = []
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
-            raise WindowError(f"ground-truth topic {topic!r} does not exist on {bootstrap}; evaluation needs the simulator's labels")
+            raise WindowError(f"ground-truth topic {topic!r} does not exist on {kafka_connection(kafka).bootstrap_servers}; "
+                              "evaluation needs the simulator's labels")
         for p in sorted(meta.partitions):
             lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if hi <= lo:

@@ -14,5 +14,8 @@ MIN_F1 = 0.95
 class TrainSettings(KafkaClientSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETPULSE_TRAIN_", extra="ignore")
 
+    kafka_group_id: str = "fleetpulse-train"
+    """Prefix of the consumer groups training reads in (``-tfio``, ``-resolve``, ...): on a secured Kafka
+    the training principal may join only groups whose names start with ``fleetpulse-train``."""
     gcs_endpoint: str = endpoints.GCS_ENDPOINT  # empty = real GCS
     bucket: str = endpoints.MODEL_BUCKET
