@@ -29,6 +29,7 @@ from components.kafka_dataset import (
     read_truth,
     resolve_window,
 )
+from fleetpulse import drift
 from fleetpulse.contract import CARDATA_V1_ID, SENSOR_FIELDS
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.evaluation import Counts, label
@@ -112,6 +113,8 @@ def train_step(p: TrainParams, out_dir: Path, progress: Progress = _quiet) -> di
         "robust_scale": scale.tolist(),
         "residual_scale": rscale.tolist(),
         "eval_share": None if p.explicit_eval_window else p.eval_share,
+        # What live readings are compared with for drift (fleetpulse.drift): the rows the model learned from.
+        "drift_reference": drift.reference(values, SENSOR_FIELDS),
     }
     (Path(out_dir) / "train.json").write_text(json.dumps(info, indent=2))
     return info
@@ -287,6 +290,8 @@ def model_metadata(train_info: dict, metrics: dict) -> dict:
     }
     if model_type == models.LSTM:
         meta["window"] = train_info["window"]
+    if "drift_reference" in train_info:
+        meta["drift_reference"] = train_info["drift_reference"]
     return meta
 
 

@@ -48,6 +48,10 @@ def test_trained_model_publishes_and_plain_tf_load_flags_failing_car_not_healthy
     for key in ("model", "model_type", "threshold", "features", "metrics", "kafka", "schema_id", "code_version", "trained_at", "records"):
         assert key in meta
     assert meta["kafka"]["topic"] == fleet_topics.topic and meta["schema_id"] == 1
+    # The drift reference of the training rows: every contract field, firmware binned per value.
+    drift_ref = {f["name"]: f for f in meta["drift_reference"]["features"]}
+    assert list(drift_ref) == meta["features"] and drift_ref["control_unit_firmware"]["kind"] == "categorical"
+    assert all(abs(sum(f["p"]) - 1) < 1e-9 for f in drift_ref.values())
 
     loaded = tf.saved_model.load(str(model_store.download(client, version, tmp_path)))
     serve = loaded.signatures["serving_default"]
