@@ -288,3 +288,26 @@ def test_cli_help_and_printed_settings_never_show_a_secret(secrets, kafka_env, m
         settings = cls()
         assert password not in repr(settings) + str(settings) + settings.model_dump_json()
         assert settings.kafka.password.get_secret_value() == password  # it is there, for the client only
+
+
+def test_the_multiplexed_simulator_publishes_every_car_as_the_fleet_gateway(secure_stack, stack_env, mqtt_tls, secrets, credentials):
+    """Many cars per connection: the connections log in as ``simulator``, whose role may publish any car's data."""
+    from tests.security.probes import MqttProbe, accepted
+
+    admin = credentials("admin")
+    watcher = MqttProbe(secure_stack["mqtt"]["host"], secure_stack["mqtt"]["tls_port"], username="admin", password=admin["password"],
+                        ca_file=secure_stack["ca_file"])
+    assert watcher.connect() == 0 and accepted(watcher.subscribe("vehicles/sensor/data/+"))
+    env = {**os.environ, **stack_env, **{f"FLEETPULSE_SIMULATOR_{k.upper()}": v for k, v in mqtt_tls.items()},
+           "FLEETPULSE_SIMULATOR_MQTT_USERNAME": "simulator", "FLEETPULSE_SIMULATOR_MQTT_PASSWORD_FILE": secrets["simulator"]["password_file"]}
+    try:
+        proc = subprocess.run([FLEETPULSE, "simulate", "--cars", "6", "--connections", "2", "--rate", "2", "--duration", "2",
+                               "--truth-topic", "", "--json", "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(proc.stdout)
+        assert summary["acked"] == summary["events_sent"] == 24 and summary["connections"] == 2
+        got = watcher.wait_for_messages(24)
+    finally:
+        watcher.close()
+    assert {topic for topic, _ in got} == {f"vehicles/sensor/data/{car_id(i)}" for i in range(6)}
+    assert_no_secret([proc.stdout, proc.stderr], secrets, "the simulator's output")
