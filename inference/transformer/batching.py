@@ -38,6 +38,7 @@ class Chunk:
     future: object | None
     request: object | None
     done: dict[int, int] = field(default_factory=dict)
+    shadow: object | None = None  # the candidate's request for the shadowed cars' rows (transformer.shadow)
 
 
 def positions(msgs: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -65,3 +65,17 @@ class RunSummary:
     def progress_line(self, cars: int) -> str:
         return (f"consumed {self.consumed:,} scored {self.scored:,} alerts {self.alerts:,} dlq {self.dlq:,} cars {cars:,} "
                 f"({self.consumed / max(self.seconds, 1e-9):,.0f} ev/s)")
+
+# Shadow scoring (inference/transformer/shadow.py): the candidate's verdicts, never alerts or twins.
+SHADOW_ACTIVE = Gauge("fleetpulse_transformer_shadow_active", "1 while the model server serves a candidate that the transformer shadows")
+SHADOW_EVENTS = Counter("fleetpulse_transformer_shadow_events", "Events scored by both the stable model and the candidate")
+SHADOW_AGREE = Counter("fleetpulse_transformer_shadow_agree", "Shadowed events both models flagged alike (agreement = agree / events)")
+SHADOW_FLAGGED = Counter("fleetpulse_transformer_shadow_flagged", "Shadowed events a model flagged anomalous", ["model"])
+SHADOW_SCORE = Gauge("fleetpulse_transformer_shadow_score", "Score quantiles of the last shadow batch, per model", ["model", "quantile"])
+SHADOW_DROPPED = Counter("fleetpulse_transformer_shadow_dropped", "Shadow batches dropped (best effort), by reason",
+                         ["reason"])
+
+# Drift (inference/transformer/drift_watch.py): live readings against the served version's training window.
+FEATURE_DRIFT = Gauge("fleetpulse_transformer_feature_drift_psi", "Population stability index of the last drift window, per feature",
+                      ["feature"])
+RETRAIN_REQUESTS = Counter("fleetpulse_transformer_retrain_requests", "Retrain requests sent to model-requests because of drift")

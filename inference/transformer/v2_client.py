@@ -113,6 +113,15 @@ class V2Client:
         resp = self._metadata(pb.ModelMetadataRequest(name=self.model_name), timeout=self.timeout_s)
         return {"name": resp.name, "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in resp.inputs]}
 
+    def ready(self) -> bool:
+        """Whether the server serves this model now (False for a name it does not know)."""
+        try:
+            return bool(self._ready(pb.ModelReadyRequest(name=self.model_name), timeout=2).ready)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until the model answers ready; BrokerUnavailable after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
