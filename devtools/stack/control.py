@@ -13,6 +13,7 @@ from devtools.stack.gcs import FakeGCSService
 from devtools.stack.kafka import KafkaService
 from devtools.stack.mongodb import FerretDBService
 from devtools.stack.mqtt import MosquittoService
+from devtools.stack.postgres import PostgresService
 from devtools.stack.pki import Pki, ensure_pki
 from devtools.stack.process import port_in_use, port_owner
 from devtools.stack.rights import ADMIN, MONGODB_USERS, SERVICES
@@ -51,9 +52,14 @@ def resolved(settings: StackSettings) -> StackSettings:
 def services(settings: StackSettings, mqtt_brokers: int | None = None) -> list[Service]:
     settings = resolved(settings)
     n = mqtt_brokers or mqtt_broker_count(settings)
+    postgres = PostgresService(settings)
+    # Before FerretDB, which it serves (started first, stopped last); listed while it runs even if the
+    # backend setting has changed since, so `down` still stops it.
+    backend = [postgres] if settings.mongodb_backend == "postgresql" or postgres.process.running() else []
     return [
         KafkaService(settings),
         *[MosquittoService(settings, i) for i in range(n)],
+        *backend,
         FerretDBService(settings),
         FakeGCSService(settings),
     ]
@@ -143,6 +149,7 @@ def status(settings: StackSettings) -> dict:
         "mqtt": mqtt,
         "mongodb": by_name["mongodb"].status(),
         "gcs": by_name["gcs"].status(),
+        **({"postgresql": by_name["postgresql"].status()} if "postgresql" in by_name else {}),
         "state_dir": str(settings.state_dir),
         "secure": settings.secure,
         "ca_file": str(Pki(settings.pki_dir).ca_file) if settings.secure else None,

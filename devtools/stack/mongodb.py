@@ -1,9 +1,14 @@
-"""FerretDB 1.24 with its SQLite backend: the MongoDB-wire server, built from the Go module proxy.
+"""FerretDB 1.24, the MongoDB-wire server, built from the Go module proxy, over SQLite or PostgreSQL.
+
+The backend is ``mongodb_backend`` (SQLite by default: files in FerretDB's state dir). With
+``postgresql`` the stack runs a PostgreSQL server of its own (postgres.py) and FerretDB's own command
+(cmd/ferretdb: the embeddable build in assets/ferretdb is SQLite only) with ``--handler=postgresql``.
 
 Secured (`stack up --secure`), FerretDB runs its own command (cmd/ferretdb, built from the same module)
-with ``--test-enable-new-auth``: SCRAM-SHA-256 users stored by FerretDB itself, which works with the
-SQLite backend (without it, 1.24 only passes PLAIN credentials through to a PostgreSQL backend), and
-every command but the handshake refused until a client authenticates. The flag is marked experimental,
+with ``--test-enable-new-auth``: SCRAM-SHA-256 users stored by FerretDB itself, which works with both
+backends (without it, 1.24 only passes PLAIN credentials through to a PostgreSQL backend; with it, an
+authenticated client's commands reach PostgreSQL as FerretDB's own role), and every command but the
+handshake refused until a client authenticates. The flag is marked experimental,
 and 1.24 has no roles (``createUser`` rejects any): a user may read and write every database. So only
 ``admin`` and the services that use MongoDB get a user (rights.MONGODB_USERS), and the server listens
 on loopback only, with TLS from the stack's CA.
@@ -22,12 +27,15 @@ from urllib.parse import quote
 
 from devtools.stack.credentials import IdentityStore
 from devtools.stack.pki import SERVER, Pki, ensure_pki
+from devtools.stack.postgres import PostgresService
 from devtools.stack.rights import ADMIN, MONGODB_USERS
 from devtools.stack.service import Service, ensure_dir
 from devtools.stack.settings import FERRETDB_VERSION
 
 AUTH_MARKER = "auth-initialised"
 """Written once FerretDB has its admin user: a data dir without it was created without authentication."""
+POSTGRESQL_SERVED = "postgresql-served"
+"""Written once FerretDB has served from the stack's PostgreSQL (its data lives there, not in data/)."""
 
 ASSETS = resources.files("devtools.stack") / "assets" / "ferretdb"
 
@@ -59,8 +67,17 @@ class FerretDBService(Service):
         return f"{self.host}:{self.port}"
 
     @property
+    def on_postgresql(self) -> bool:
+        return self.settings.mongodb_backend == "postgresql"
+
+    @property
+    def own_command(self) -> bool:
+        """FerretDB's cmd/ferretdb rather than the stack's embeddable build (SQLite without authentication only)."""
+        return bool(self.settings.secure) or self.on_postgresql
+
+    @property
     def binary(self):
-        if self.settings.secure:
+        if self.own_command:
             return self.settings.cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "cmd" / "ferretdb"
         return self.settings.cache_dir / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
 
@@ -70,7 +87,7 @@ class FerretDBService(Service):
         go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
         if go is None:
             raise self.fail("Go is not installed; FerretDB is built from its Go module (install Go 1.24+)")
-        if self.settings.secure:
+        if self.own_command:
             self._build_command(go)
             return
         src = ensure_dir(self.binary.parent / "src")
@@ -110,7 +127,8 @@ class FerretDBService(Service):
 
     def prepare(self) -> None:
         data = self.dir / "data"
-        if self.settings.secure and any(data.glob("*.sqlite")) and not (self.dir / AUTH_MARKER).exists():
+        has_data = (self.dir / POSTGRESQL_SERVED).exists() if self.on_postgresql else any(data.glob("*.sqlite"))
+        if self.settings.secure and has_data and not (self.dir / AUTH_MARKER).exists():
             raise self.fail(
                 f"its data ({data}) was created without authentication and has no admin user; "
                 "`fleetpulse stack down --wipe` (drops the twins) or another FLEETPULSE_STACK_STATE_DIR"
@@ -118,23 +136,28 @@ class FerretDBService(Service):
 
     def argv(self) -> list[str]:
         data = ensure_dir(self.dir / "data")
-        if not self.settings.secure:
+        if not self.own_command:
             return [str(self.binary), "-listen-addr", f"{self.host}:{self.port}", "-sqlite-url", f"file:{data}/", "-log-level", "warn"]
+        # The PostgreSQL URL holds FerretDB's password: it goes in the environment (env()), not argv.
+        backend = ["--handler=postgresql"] if self.on_postgresql else ["--handler=sqlite", f"--sqlite-url=file:{data}/"]
+        common = ["--telemetry=disable", "--debug-addr=-", "--log-level=warn", f"--state-dir={self.dir}"]
+        if not self.settings.secure:
+            return [str(self.binary), *backend, f"--listen-addr={self.host}:{self.port}", *common]
         server = ensure_pki(self.settings.pki_dir, [self.host]).certificate(SERVER)
         return [
-            str(self.binary),
-            "--handler=sqlite", f"--sqlite-url=file:{data}/",
+            str(self.binary), *backend,
             "--listen-addr=", f"--listen-tls={self.host}:{self.port}",
             f"--listen-tls-cert-file={server.cert_file}", f"--listen-tls-key-file={server.key_file}",
             # The first start creates the admin user (password from the environment, not argv).
             "--test-enable-new-auth", f"--setup-username={ADMIN}", "--setup-database=admin",
-            "--telemetry=disable", "--debug-addr=-", "--log-level=warn", f"--state-dir={self.dir}",
+            *common,
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        if not self.settings.secure:
-            return {}
-        return {"FERRETDB_SETUP_PASSWORD": IdentityStore(self.settings.identities_dir).password(ADMIN)}
+        env = {"FERRETDB_POSTGRESQL_URL": PostgresService(self.settings).ferretdb_url()} if self.on_postgresql else {}
+        if self.settings.secure:
+            env["FERRETDB_SETUP_PASSWORD"] = IdentityStore(self.settings.identities_dir).password(ADMIN)
+        return env
 
     def round_trip(self) -> None:
         from pymongo import MongoClient
@@ -147,7 +170,7 @@ class FerretDBService(Service):
             if health.find_one({"_id": "stack"}) is None:
                 raise RuntimeError("write did not read back")
             # FerretDB pools SQLite connections per database, so one database can hang while others
-            # answer: look at the twin collection too.
+            # answer: look at the twin collection too (on PostgreSQL, a database is a schema).
             from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
 
             client[TWIN_DATABASE][TWIN_COLLECTION].find_one({"_id": "__health__"})
@@ -161,7 +184,11 @@ class FerretDBService(Service):
             (self.dir / AUTH_MARKER).touch()
             self._ensure_users()
         self._ensure_collection(TWIN_DATABASE, TWIN_COLLECTION)
-        ensure_id_lookup_indexes(self.dir / "data")
+        if self.on_postgresql:
+            (self.dir / POSTGRESQL_SERVED).touch()
+            PostgresService(self.settings).ensure_id_lookup_indexes()
+        else:
+            ensure_id_lookup_indexes(self.dir / "data")
 
     def _ensure_users(self) -> None:
         """A user per service that uses MongoDB, with the store's password (set again if it differs)."""
@@ -193,7 +220,8 @@ class FerretDBService(Service):
 
     def endpoint(self) -> dict:
         auth = {"auth": "SCRAM-SHA-256"} if self.settings.secure else {}
-        return {"uri": self.uri, "server": f"FerretDB {FERRETDB_VERSION} (SQLite)", **auth}
+        backend = "PostgreSQL" if self.on_postgresql else "SQLite"
+        return {"uri": self.uri, "server": f"FerretDB {FERRETDB_VERSION} ({backend})", **auth}
 
 
 # FerretDB 1.24's SQLite backend pushes a `{_id: <string>}` filter down as

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -28,6 +29,11 @@ class StackSettings(LocalEndpoints):
     last brought up (off for a new one)."""
     mqtt_tls_port: int | None = None
     """Mosquitto's first TLS port (broker i listens on it + i); default mqtt_port + 7000, MQTT's 1883 -> 8883."""
+    mongodb_backend: Literal["sqlite", "postgresql"] = "sqlite"
+    """Where FerretDB keeps the documents: SQLite files in its state dir, or a PostgreSQL server the stack
+    runs itself (devtools/stack/postgres.py)."""
+    postgresql_port: int = 25432
+    """That PostgreSQL server's port (loopback only; not 5432, where Debian's own cluster may listen)."""
 
     def service_dir(self, name: str) -> Path:
         return self.state_dir / name
