@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 from urllib.parse import urlsplit
@@ -102,9 +103,44 @@ def build(settings, progress, health=None):
     producer = Producer(settings.producer_config())
     twins = TwinStore(mongo, settings.twin_database, settings.twin_collection, settings.twin_write_timeout_s,
                       settings.twin_refuse_after)
-    transformer = Transformer(settings, consumer, producer, client, twins, progress, health=health)
+    side = Producer(settings.side_producer_config())
+    transformer = Transformer(settings, consumer, producer, client, twins, progress, health=health,
+                              shadow=_shadow(settings, side, progress), drift=_drift(settings, side, progress))
     consumer.subscribe([settings.topic], on_revoke=transformer.on_revoke, on_lost=transformer.on_lost)
     return transformer
+
+
+def _shadow(settings, producer, progress):
+    """The candidate's scoring (shadow.py), unless the share is 0."""
+    from fleetpulse.model_store import candidate_model_name
+    from inference.transformer.shadow import Shadow
+    from inference.transformer.v2_client import V2Client
+
+    if settings.shadow_share <= 0:
+        return None
+    candidate = V2Client(settings.model_grpc, candidate_model_name(settings.model_name))
+    return Shadow(candidate, producer, settings.shadow_topic, settings.shadow_share, progress=progress,
+                  probe_every_s=settings.shadow_probe_s)
+
+
+def _drift(settings, producer, progress):
+    """The drift watch (drift_watch.py) over the served versions' references on GCS."""
+    from fleetpulse import model_store
+    from fleetpulse.clients import gcs_client
+    from inference.transformer.drift_watch import DriftWatch
+
+    if settings.drift_off:
+        return None
+    bucket, model = settings.model_root
+    gcs = functools.cache(lambda: gcs_client(settings.gcs_endpoint or None))  # at first use: a failure only turns drift off
+
+    def reference(version: str) -> dict | None:
+        if not version.isdigit():
+            return None
+        return model_store.read_metadata(gcs(), model_store.ModelVersion(bucket, model, int(version))).get("drift_reference")
+
+    return DriftWatch(reference, producer, settings.requests_topic, model, settings.drift_threshold, settings.drift_window_s,
+                      settings.drift_windows, settings.drift_min_rows, settings.drift_cooldown_s, progress)
 
 
 def require_mongodb(client, settings) -> None:

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fleetpulse import endpoints, topics
+from fleetpulse.drift import DRIFT_THRESHOLD
 from fleetpulse.clients import kafka_config
 from fleetpulse.hysteresis import Rule
 from fleetpulse.settings import KafkaClientSettings, secret_from
@@ -67,6 +68,21 @@ class ScoreSettings(KafkaClientSettings):
     produce_attempts: int = Field(5, ge=1, description="times a record Kafka refuses is produced before it is dead-lettered")
     twin_refuse_after: int = Field(3, ge=1, description="times a twin document MongoDB refuses (while it answers) is tried "
                                                         "before it is dead-lettered")
+    # The model lifecycle (#17): shadow scoring of the candidate, drift against the served version's training window.
+    shadow_share: float = Field(1.0, ge=0, le=1, description="share of cars (by car id) the candidate also scores while the "
+                                                             "server serves one; 0 = no shadow")
+    shadow_topic: str = topics.MODEL_SHADOW
+    shadow_probe_s: float = Field(10.0, gt=0, description="how often the server is asked whether it serves a candidate")
+    model_uri: str | None = Field(None, description="gs://<bucket>/<model>: where the served versions' metadata (their drift "
+                                                    "reference) is read [default: the local bucket / model_name]")
+    gcs_endpoint: str = endpoints.GCS_ENDPOINT  # empty = real GCS
+    drift_threshold: float = Field(DRIFT_THRESHOLD, gt=0, description="PSI above which a feature has drifted; 0 turns drift off")
+    drift_window_s: float = Field(60.0, gt=0, description="readings per drift window (one PSI per feature each)")
+    drift_windows: int = Field(2, ge=1, description="windows in a row a feature must drift before a retrain is requested")
+    drift_min_rows: int = Field(500, ge=1, description="a window with fewer readings is not judged")
+    drift_cooldown_s: float = Field(3600.0, ge=0, description="at most one retrain request per version in this time")
+    drift_off: bool = Field(False, description="no drift watch (no GCS read)")
+    requests_topic: str = topics.MODEL_REQUESTS
     # librdkafka tuning (the no-loss settings are fixed in consumer_config/producer_config, not settings).
     consumer_fetch_wait_max_ms: int = Field(50, ge=0, description="librdkafka fetch.wait.max.ms: longest a fetch waits for data")
     consumer_queued_min_messages: int = Field(200_000, ge=1, description="librdkafka queued.min.messages prefetched per partition")
@@ -131,6 +147,19 @@ class ScoreSettings(KafkaClientSettings):
             "enable.partition.eof": False, "fetch.min.bytes": 1, "fetch.wait.max.ms": self.consumer_fetch_wait_max_ms,
             "queued.min.messages": self.consumer_queued_min_messages, "session.timeout.ms": self.consumer_session_timeout_ms,
             "max.poll.interval.ms": self.consumer_max_poll_interval_ms})
+
+    @property
+    def model_root(self) -> tuple[str, str]:
+        """(bucket, model) of the versions' metadata."""
+        uri = self.model_uri or f"gs://{endpoints.MODEL_BUCKET}/{self.model_name}"
+        bucket, _, model = uri.removeprefix("gs://").rstrip("/").partition("/")
+        return bucket, model
+
+    def side_producer_config(self) -> dict:
+        """Shadow batches and retrain requests: bounded delivery, never the alert producer's endless retries
+        (whose flush gates every checkpoint)."""
+        return kafka_config(self.kafka, **{"acks": 1, "message.timeout.ms": 30_000, "linger.ms": 50,
+                                            "compression.type": self.producer_compression_type})
 
     def producer_config(self) -> dict:
         # Idempotent, infinitely retried: an alert is resent until Kafka has it, never reordered or doubled.
