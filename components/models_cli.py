@@ -109,3 +109,93 @@ def reject(model_name: str, bucket: str | None, version: int, reason: str) -> No
     with gcs as client:
         model_store.reject(client, name, model_name, version, reason)
     click.echo(f"{model_name} version {version} rejected ({reason})")
+
+
+@models.command()
+@click.option("--model", "model_name", type=click.Choice(_MODELS), default=None,
+              help="Which model's channels. [default: FLEETPULSE_DECIDE_MODEL, else car-anomaly]")
+@click.option("--bucket", default=None, help="Overrides FLEETPULSE_DECIDE_BUCKET.")
+@click.option("--once", is_flag=True, help="Decide once on what the topics hold now, print every outcome (waiting too) and exit.")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds between decisions in the loop. [default: FLEETPULSE_DECIDE_INTERVAL_S, else 30]")
+@click.option("--shadow-topic", default=None, help="Overrides FLEETPULSE_DECIDE_SHADOW_TOPIC (model-shadow).")
+@click.option("--truth-topic", default=None, help="Overrides FLEETPULSE_DECIDE_TRUTH_TOPIC (ground-truth).")
+@click.option("--alerts-topic", default=None, help="Overrides FLEETPULSE_DECIDE_ALERTS_TOPIC (alerts).")
+@click.option("--kafka-bootstrap-servers", default=None, help="Overrides FLEETPULSE_DECIDE_KAFKA_BOOTSTRAP_SERVERS.")
+@click.option("--min-car-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Shadow car-hours before a verdict. [default: FLEETPULSE_DECIDE_MIN_CAR_HOURS, else 1000]")
+@click.option("--watch-car-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Car-hours of a new stable's alerts the rollback watch judges. "
+                   "[default: FLEETPULSE_DECIDE_WATCH_CAR_HOURS, else 1000]")
+@click.option("--json", "as_json", is_flag=True,
+              help="Each decision as one JSON line (with both models' figures) instead of a sentence.")
+def decide(model_name, bucket, once, interval_s, shadow_topic, truth_topic, alerts_topic, kafka_bootstrap_servers,
+           min_car_hours, watch_car_hours, as_json) -> None:
+    """Promote or reject the candidate on its shadow figures; roll back a new stable whose alert rate jumps.
+
+    \b
+    Both models are judged on the same shadowed events (model-shadow), under the serving hysteresis,
+    with the figures of fleetpulse.evaluation. After --min-car-hours of shadow the candidate is
+    rejected if it is worse than stable, else promoted. Worse (FLEETPULSE_DECIDE_* override each):
+      recall on labelled failure episodes lower by more than RECALL_MARGIN (0.02), judged on at
+        least MIN_EPISODES (10) failures;
+      false alerts per 1,000 car-hours above stable's by more than FALSE_ALERT_MARGIN (0.5) and
+        above FALSE_ALERT_BUDGET (1);
+      without ground truth for the shadowed cars: alerts per 1,000 car-hours above
+        ALERT_RATE_FACTOR (1.5) x stable's (at least ALERT_RATE_FLOOR, 1).
+    After a promotion, the new stable's first --watch-car-hours of alerts (on the alerts topic) are
+    compared with the previous stable's last ones: above ROLLBACK_FACTOR (2) x (at least
+    ROLLBACK_FLOOR, 1) it is rolled back.
+
+    \b
+    Every change is a compare-and-swap on channels.json, made only if the channels still say what
+    the decision was made on: of two deciders, one change lands and the other writes nothing. Each
+    decision is one line on stdout; progress goes to stderr. On a secured Kafka it logs in as
+    FLEETPULSE_DECIDE_KAFKA_USERNAME (the decider), its password from FLEETPULSE_DECIDE_KAFKA_PASSWORD_FILE.
+    """
+    import signal
+    import threading
+
+    from components import lifecycle
+    from components.publish import gcs_bucket
+    from components.settings import DecideSettings
+    from fleetpulse.clients import require_kafka
+    from fleetpulse.settings import load_settings
+
+    settings = load_settings(DecideSettings, model=model_name, bucket=bucket, interval_s=interval_s, shadow_topic=shadow_topic,
+                             truth_topic=truth_topic, alerts_topic=alerts_topic, kafka_bootstrap_servers=kafka_bootstrap_servers,
+                             min_car_hours=min_car_hours, watch_car_hours=watch_car_hours)  # fmt: skip
+    kafka = settings.kafka
+    topics = [settings.shadow_topic, settings.truth_topic, settings.alerts_topic]
+    if kafka.authenticated:
+        require_kafka(kafka, topics=[settings.shadow_topic, settings.alerts_topic], groups=[settings.group_id])
+    else:
+        require_kafka(kafka)
+
+    def progress(message: str) -> None:
+        click.echo(f"  {message}", err=True)
+
+    def emit(outcome: lifecycle.Outcome) -> None:
+        click.echo(json.dumps(outcome.as_dict(), separators=(",", ":")) if as_json else outcome.line())
+
+    stop = threading.Event()
+    health = None
+    if not once:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        health = lifecycle.Health(stuck_after_s=max(3 * settings.interval_s, 120.0))
+        if settings.metrics_port:
+            from fleetpulse.probes import serve_probes
+
+            serve_probes(settings.metrics_port, health.live, health.ready, name="decider")
+    with gcs_bucket(settings.bucket, settings.gcs_endpoint) as client:
+        reader = lifecycle.TopicReader(kafka, topics, settings.group_id)
+        decider = lifecycle.Decider(reader, client, settings.bucket, settings.model, *topics, rule=settings.rule(),
+                                    progress=progress)
+        progress(f"deciding on {settings.model} in gs://{settings.bucket}/ from {', '.join(topics)} on {kafka.bootstrap_servers}"
+                 + ("" if once else f", every {settings.interval_s:g} s"))  # fmt: skip
+        try:
+            lifecycle.run(decider, settings.interval_s, once, emit, progress, health, stop)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            reader.close()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from fleetpulse import endpoints
+from components.models import AUTOENCODER, MODEL_NAMES
+from fleetpulse import endpoints, topics
+from fleetpulse.promotion import PromotionRule
 from fleetpulse.settings import KafkaClientSettings
 
 MIN_F1 = 0.95
@@ -19,3 +24,42 @@ class TrainSettings(KafkaClientSettings):
     the training principal may join only groups whose names start with ``fleetpulse-train``."""
     gcs_endpoint: str = endpoints.GCS_ENDPOINT  # empty = real GCS
     bucket: str = endpoints.MODEL_BUCKET
+
+
+class DecideSettings(KafkaClientSettings):
+    """`fleetpulse models decide`: env prefix FLEETPULSE_DECIDE_. The rule's numbers default to
+    fleetpulse.promotion.PromotionRule's (rates per 1,000 car-hours)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEETPULSE_DECIDE_", extra="ignore")
+
+    model: str = MODEL_NAMES[AUTOENCODER]
+    gcs_endpoint: str = endpoints.GCS_ENDPOINT  # empty = real GCS
+    bucket: str = endpoints.MODEL_BUCKET
+    shadow_topic: str = topics.MODEL_SHADOW
+    truth_topic: str = topics.GROUND_TRUTH
+    """Optional: while it holds no record for the shadowed cars, the unlabelled rule applies."""
+    alerts_topic: str = topics.ALERTS
+    group_id: str = "fleetpulse-decider"
+    """Named to Kafka (its ACL grants this prefix); no offset is ever committed: every start reads the
+    topics from their beginning."""
+    interval_s: float = Field(30.0, gt=0)
+    metrics_port: int = Field(0, ge=0, le=65535)
+    """/metrics, /healthz, /readyz on this port (0: none)."""
+    min_car_hours: float = PromotionRule.min_car_hours
+    recall_margin: float = PromotionRule.recall_margin
+    min_episodes: int = PromotionRule.min_episodes
+    false_alert_margin: float = PromotionRule.false_alert_margin
+    false_alert_budget: float = PromotionRule.false_alert_budget
+    alert_rate_factor: float = PromotionRule.alert_rate_factor
+    alert_rate_floor: float = PromotionRule.alert_rate_floor
+    watch_car_hours: float = PromotionRule.watch_car_hours
+    rollback_factor: float = PromotionRule.rollback_factor
+    rollback_floor: float = PromotionRule.rollback_floor
+
+    @model_validator(mode="after")
+    def _rule_valid(self):
+        self.rule()
+        return self
+
+    def rule(self) -> PromotionRule:
+        return PromotionRule(**{f.name: getattr(self, f.name) for f in fields(PromotionRule)})

@@ -227,27 +227,26 @@ def alert_window(log: AlertLog, car_hours: float, interval_s: float, latest: boo
     Alert records carry the sensor-data partition and offset of the event that changed a status, and
     every event on sensor-data was scored, so between two alerts of one partition the model scored
     exactly their offset difference of events, each ``interval_s`` of one car's driving. The window's
-    car-hours are those spans, summed over partitions; its alerts are those raised after each
-    partition's opening record (the events before that record are not counted either). Events before a
-    partition's first alert and after its last are not seen: a model that raises no alerts never
-    fills a window, and is never rolled back.
+    car-hours are those spans, summed over partitions; its alerts are those raised above each span's
+    lowest offset (a span of n events between records counts the raises of one of its ends, whichever
+    way the window grows). Events before a partition's first alert and after its last are not seen:
+    a model that raises no alerts never fills a window, and is never rolled back.
     """
     order = np.arange(len(log))[::-1] if latest else np.arange(len(log))
     partitions, offsets, raised = log.partitions[order], log.offsets[order], log.raised[order]
     span_growth = np.zeros(len(order))
-    opening = np.zeros(len(order), bool)
     for p in np.unique(partitions):
         idx = np.flatnonzero(partitions == p)
         span = np.maximum.accumulate(offsets[idx]) - np.minimum.accumulate(offsets[idx])
         span_growth[idx] = np.diff(span, prepend=0)
-        opening[idx[0]] = True
     hours = np.cumsum(span_growth) * interval_s / 3600.0
-    alerts = np.cumsum(raised & ~opening)
     full = np.flatnonzero(hours >= car_hours)
-    if len(full):
-        k = int(full[0])
-        return AlertWindow(float(hours[k]), int(alerts[k]), True)
-    return AlertWindow(float(hours[-1]) if len(hours) else 0.0, int(alerts[-1]) if len(alerts) else 0, False)
+    end = int(full[0]) + 1 if len(full) else len(order)
+    partitions, offsets, raised = partitions[:end], offsets[:end], raised[:end]
+    lowest = np.zeros(len(offsets), np.int64)
+    for p in np.unique(partitions):
+        lowest[partitions == p] = offsets[partitions == p].min()
+    return AlertWindow(float(hours[end - 1]) if end else 0.0, int((raised & (offsets > lowest)).sum()), bool(len(full)))
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,20 @@ def test_a_window_stops_at_the_car_hours_asked_for_from_the_start_or_from_the_en
     assert alert_window(log, car_hours=10, interval_s=INTERVAL_S, latest=True).alerts == 10
 
 
+def test_a_steady_log_gives_the_same_rate_from_the_start_and_from_the_end():
+    # Three partitions; every 720 events a car is raised, escalated one event later and cleared ten later.
+    raises = np.arange(0, 36_000, 720)
+    offsets = np.concatenate([raises, raises + 1, raises + 10])
+    raised = np.concatenate([np.ones(len(raises), bool), np.zeros(2 * len(raises), bool)])
+    order = np.argsort(offsets, kind="stable")
+    log = alert_log(np.repeat([0, 1, 2], len(offsets)), np.tile(offsets[order], 3), np.tile(raised[order], 3))
+    by_time = np.lexsort((log.partitions, log.offsets))
+    log = alert_log(log.partitions[by_time], log.offsets[by_time], log.raised[by_time])
+    first = alert_window(log, car_hours=20, interval_s=INTERVAL_S)
+    last = alert_window(log, car_hours=20, interval_s=INTERVAL_S, latest=True)
+    assert first.rate == pytest.approx(500, rel=0.03) and last.rate == pytest.approx(500, rel=0.03)
+
+
 def test_an_empty_log_is_a_window_of_nothing():
     window = alert_window(alert_log([], [], []), car_hours=1, interval_s=INTERVAL_S)
     assert (window.car_hours, window.alerts, window.rate, window.complete) == (0.0, 0, 0.0, False)
