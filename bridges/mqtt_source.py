@@ -4,27 +4,25 @@ The socket is driven by the bridge loop (select); nothing here runs a thread. A 
 drops is marked down and reconnected by the loop with backoff; the broker keeps the session
 (clean start false, session expiry set) and redelivers every QoS 1 message we have not acked.
 
-Over TLS one recv() returns at most one TLS record (16 KiB), and bytes already decrypted sit in the
-SSL object where select() cannot see them: a read drains every record already there, so a read is
-still one bulk batch and nothing waits unseen in the buffer.
+With TLS the socket is a bridges.tls_socket.TlsSocket: a read still decrypts everything one recv()
+brought, as one batch.
 """
 
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import ssl
 import time
 from collections import deque
 
+from bridges.tls_socket import TlsSocket
 from fleetpulse import mqtt_wire as wire
 from fleetpulse.clients import MQTT_LOGIN_REFUSALS
 from fleetpulse.retry import Backoff
 
 log = logging.getLogger("fleetpulse.bridge.mqtt")
 
-TLS_RECORDS_PER_READ = 64
 
 
 class LoginRefused(wire.ProtocolError):
@@ -82,7 +80,8 @@ class MqttSource:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+                sock = TlsSocket(sock, self.ssl_context, self.host)
+                sock.handshake()
             sock.sendall(
                 wire.connect_packet(
                     self.client_id,
@@ -139,27 +138,12 @@ class MqttSource:
         chunk = self.sock.recv(self.read_bytes)  # type: ignore[union-attr]
         if not chunk:
             raise ConnectionError(f"{self.name} closed the connection")
-        if self.ssl_context is not None:
-            chunk = self._more_records(chunk)
         self._last_recv = time.monotonic()
         data = self._rest + chunk if self._rest else chunk
         self._rest = data[wire.parse_stream(data, out) :]
         if out.control:
             self._handle_control(out.control)
         return out
-
-    def _more_records(self, chunk: bytes) -> bytes:
-        """Append the TLS records already decrypted or waiting in the socket, up to read_bytes."""
-        sock, parts, size = self.sock, [chunk], len(chunk)
-        for _ in range(TLS_RECORDS_PER_READ):
-            if size >= self.read_bytes or not (sock.pending() or select.select([sock], [], [], 0)[0]):  # type: ignore[union-attr]
-                break
-            more = sock.recv(self.read_bytes - size)  # type: ignore[union-attr]
-            if not more:
-                break  # the close shows on the next read
-            parts.append(more)
-            size += len(more)
-        return b"".join(parts) if len(parts) > 1 else chunk
 
     def take_pending(self) -> wire.Parsed | None:
         """PUBLISH packets that arrived together with the CONNACK (queued messages of a resumed session)."""
