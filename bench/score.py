@@ -10,6 +10,9 @@ the production signature) and `fleetpulse score` as their own processes.
   on an anomalous reading), the shape of KServe's Kafka sample; it writes no twin (favouring it).
 - Latency: events offered at a fixed rate while the transformer runs; event Kafka timestamp ->
   alert produced (the alert record's Kafka CreateTime), p50/p99 over all alerts in the window.
+- Shadow scoring (#17): the model has a stable and a candidate version on its channels, so the server
+  serves both; throughput and latency are measured with the shadow off (SHADOW_SHARE=0, the
+  baseline) and on for every car (SHADOW_SHARE=1: every event scored twice), in the same run.
 Writes bench/results/score.json.
 """
 
@@ -35,7 +38,8 @@ from fleetpulse import endpoints  # noqa: E402
 from devtools.benchmarking import write_result  # noqa: E402
 from fleetpulse.codec import encode_batch  # noqa: E402
 from fleetpulse.alerts import decode_alert  # noqa: E402
-from tests.serving.harness import FLEETPULSE, MEAN, STD, ModelServer, publish_model  # noqa: E402
+from fleetpulse.model_store import candidate_model_name  # noqa: E402
+from tests.serving.harness import FLEETPULSE, MEAN, STD, ModelServer, release_model  # noqa: E402
 
 KAFKA = endpoints.KAFKA_BOOTSTRAP
 
@@ -132,20 +136,22 @@ def server_alone(server: ModelServer, seconds: float) -> dict:
 
 # ---- throughput ---------------------------------------------------------------------------------
 
-def transformer_throughput(server: ModelServer, n_events: int, n_cars: int, checkpoint_s: float) -> dict:
+def transformer_throughput(server: ModelServer, n_events: int, n_cars: int, checkpoint_s: float, shadow: float = 0.0) -> dict:
     unique = uuid.uuid4().hex[:8]
     topic, alerts = f"bench-sensor-{unique}", f"bench-alerts-{unique}"
-    create_topics(topic, alerts, f"bench-dlq-{unique}")
+    create_topics(topic, alerts, f"bench-dlq-{unique}", f"bench-shadow-{unique}")
     t0 = time.perf_counter()
     preload(topic, n_events, n_cars)
     produce_s = time.perf_counter() - t0
-    env = score_env(unique, server, topic, alerts, FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S=checkpoint_s)
+    env = score_env(unique, server, topic, alerts, FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S=checkpoint_s,
+                    FLEETPULSE_SCORE_SHADOW_SHARE=shadow, FLEETPULSE_SCORE_SHADOW_TOPIC=f"bench-shadow-{unique}")
     proc = subprocess.run([FLEETPULSE, "score", "--until-idle", "3", "--json"], env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:
         raise SystemExit(f"fleetpulse score failed: {proc.stderr[-2000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     drop_twins(unique)
-    return {"events": n_events, "cars": n_cars, "preload_s": round(produce_s, 2), "checkpoint_interval_s": checkpoint_s, **summary}
+    return {"events": n_events, "cars": n_cars, "preload_s": round(produce_s, 2), "checkpoint_interval_s": checkpoint_s,
+            "shadow_share": shadow, **summary}
 
 
 def naive_baseline(server: ModelServer, seconds: float, n_cars: int) -> dict:
@@ -190,13 +196,14 @@ def naive_baseline(server: ModelServer, seconds: float, n_cars: int) -> dict:
 
 # ---- latency at a fixed offered rate ------------------------------------------------------------
 
-def latency_at_rate(server: ModelServer, rate: int, seconds: float, n_cars: int, checkpoint_s: float) -> dict:
+def latency_at_rate(server: ModelServer, rate: int, seconds: float, n_cars: int, checkpoint_s: float, shadow: float = 0.0) -> dict:
     from confluent_kafka import Consumer, Producer
 
     unique = uuid.uuid4().hex[:8]
     topic, alerts = f"bench-live-{unique}", f"bench-live-alerts-{unique}"
-    create_topics(topic, alerts, f"bench-dlq-{unique}")
-    env = score_env(unique, server, topic, alerts, FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S=checkpoint_s)
+    create_topics(topic, alerts, f"bench-dlq-{unique}", f"bench-shadow-{unique}")
+    env = score_env(unique, server, topic, alerts, FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S=checkpoint_s,
+                    FLEETPULSE_SCORE_SHADOW_SHARE=shadow, FLEETPULSE_SCORE_SHADOW_TOPIC=f"bench-shadow-{unique}")
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen([FLEETPULSE, "score", "--until-idle", "4", "--json"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     time.sleep(4)  # consumer group join
@@ -240,7 +247,7 @@ def latency_at_rate(server: ModelServer, rate: int, seconds: float, n_cars: int,
     lat = np.array(lat or [np.nan], dtype=float)
     return {"offered_events_per_s": round(sent / offered_s, 1), "events": sent, "alerts": int(np.isfinite(lat).sum()),
             "p50_ms": float(np.nanpercentile(lat, 50)), "p99_ms": float(np.nanpercentile(lat, 99)), "max_ms": float(np.nanmax(lat)),
-            "transformer": summary}
+            "shadow_share": shadow, "transformer": summary}
 
 
 def main() -> None:
@@ -257,9 +264,10 @@ def main() -> None:
     mongo = private_ferretdb()
     MONGODB_URI = mongo.uri
     model = f"bench-anomaly-{uuid.uuid4().hex[:8]}"
-    publish_model(endpoints.GCS_ENDPOINT, model, Path(tempfile.mkdtemp()))
+    release_model(endpoints.GCS_ENDPOINT, model, Path(tempfile.mkdtemp()))  # stable
+    release_model(endpoints.GCS_ENDPOINT, model, Path(tempfile.mkdtemp()))  # the candidate the shadow runs scores
     log = Path(tempfile.mkdtemp()) / "serve.log"
-    server = ModelServer(model, endpoints.GCS_ENDPOINT, log).wait_ready()
+    server = ModelServer(model, endpoints.GCS_ENDPOINT, log).wait_ready().wait_serving(candidate_model_name(model), 2)
     try:
         print("model server alone ...", file=sys.stderr)
         alone = server_alone(server, alone_s)
@@ -273,6 +281,12 @@ def main() -> None:
         print("latency at 10,000 events/s ...", file=sys.stderr)
         lat = latency_at_rate(server, 10_000, live_s, args.cars, checkpoint_s=1.0)
         print(json.dumps(lat), file=sys.stderr)
+        print("transformer throughput, shadow on ...", file=sys.stderr)
+        thr_shadow = transformer_throughput(server, events, args.cars, checkpoint_s=2.0, shadow=1.0)
+        print(json.dumps(thr_shadow), file=sys.stderr)
+        print("latency at 10,000 events/s, shadow on ...", file=sys.stderr)
+        lat_shadow = latency_at_rate(server, 10_000, live_s, args.cars, checkpoint_s=1.0, shadow=1.0)
+        print(json.dumps(lat_shadow), file=sys.stderr)
     finally:
         server.stop()
         mongo.process.stop()
@@ -282,11 +296,17 @@ def main() -> None:
          "baseline": naive["events_per_s"], "ratio": ratio, "target": ">= 50,000"},
         {"metric": "event -> alert p50 at 10k/s offered", "value": lat["p50_ms"], "unit": "ms", "target": None},
         {"metric": "event -> alert p99 at 10k/s offered", "value": lat["p99_ms"], "unit": "ms", "target": "< 250"},
+        {"metric": "pipeline events/s, shadow on (every event also scored by the candidate)", "value": thr_shadow["events_per_s"],
+         "unit": "events/s", "baseline": thr["events_per_s"],
+         "ratio": round(thr_shadow["events_per_s"] / thr["events_per_s"], 2) if thr["events_per_s"] else None, "target": ">= 50,000"},
+        {"metric": "event -> alert p99 at 10k/s offered, shadow on", "value": lat_shadow["p99_ms"], "unit": "ms",
+         "baseline": lat["p99_ms"], "ratio": round(lat_shadow["p99_ms"] / lat["p99_ms"], 2) if lat["p99_ms"] else None, "target": "< 250"},
     ] + [{"metric": k, "value": v, "unit": "rows/s"} for k, v in alone.items()]
     path = write_result("score", {"quick": args.quick, "conditions": {"cars": args.cars, "model": "fixture z-score SavedModel",
                                                                       "twin_store": "private FerretDB 1.24 (SQLite)", "shared_machine": True,
                                                                       "events_per_s_definition": "consumed / (first record -> last poll batch applied, checkpoints included)"},
-                                  "server_alone": alone, "naive_baseline": naive, "throughput": thr, "latency": lat}, table)
+                                  "server_alone": alone, "naive_baseline": naive, "throughput": thr, "latency": lat,
+                                  "throughput_shadow": thr_shadow, "latency_shadow": lat_shadow}, table)
     for row in table:
         print(f"{row['metric']:70} {row['value']:>14,.1f} {row['unit']}" + (f"  (baseline {row['baseline']:,.1f}, x{row['ratio']})" if row.get("baseline") else ""))
     print(f"wrote {path}")
