@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
-from devtools.stack import control
+from devtools.stack import access, control
 from devtools.stack.settings import StackSettings
+from fleetpulse.settings import KafkaConnection, MqttConnection
 from tests.support.stack import PrivateService, private_servers
 
 
@@ -26,7 +27,21 @@ def stack() -> dict:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(stack) -> str:
+    """Only the address; clients connect with ``kafka`` (secured like any client when the stack is)."""
     return stack["kafka"]["bootstrap_servers"]
+
+
+@pytest.fixture(scope="session")
+def kafka(stack) -> KafkaConnection:
+    """The operator's (``admin``) connection to the stack's Kafka, as `stack credentials admin` gives it:
+    test topics and groups are the tests' own, which no service principal has rights on."""
+    return access.kafka()
+
+
+@pytest.fixture(scope="session")
+def mqtt(stack) -> MqttConnection:
+    """The operator's connection to the stack's Mosquitto (TLS and a login when secured)."""
+    return access.mqtt()
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +51,8 @@ def mqtt_endpoint(stack) -> tuple[str, int]:
 
 @pytest.fixture(scope="session")
 def mongodb_uri(stack) -> str:
-    return stack["mongodb"]["uri"]
+    """The operator's MongoDB URI (with its credentials when secured)."""
+    return access.mongodb_uri()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ stack's credentials (``identities/<name>.password``), named by ``..._PASSWORD_FI
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fleetpulse.settings import KafkaConnection, MqttConnection
@@ -57,16 +58,38 @@ def password_file(settings: StackSettings | None, identity: str) -> Path:
 
 def kafka_env(prefix: str, settings: StackSettings | None = None, identity: str = ADMIN) -> dict[str, str]:
     """The ``FLEETPULSE_<prefix>_KAFKA_*`` variables that connect a service process as ``identity``."""
-    conn = kafka(settings, identity)
+    return connection_env(prefix, kafka(settings, identity))
+
+
+def connection_env(prefix: str, conn: KafkaConnection) -> dict[str, str]:
+    """``FLEETPULSE_<prefix>_KAFKA_*`` for a given connection (a private server's, or one of ``kafka``'s);
+    its password goes to a 0600 file, named by ``..._KAFKA_PASSWORD_FILE``."""
     env = {f"FLEETPULSE_{prefix}_KAFKA_BOOTSTRAP_SERVERS": conn.bootstrap_servers,
            f"FLEETPULSE_{prefix}_KAFKA_SECURITY_PROTOCOL": conn.security_protocol}
-    if conn.authenticated:
-        env.update({f"FLEETPULSE_{prefix}_KAFKA_SASL_MECHANISM": str(conn.sasl_mechanism),
-                    f"FLEETPULSE_{prefix}_KAFKA_USERNAME": str(conn.username),
-                    f"FLEETPULSE_{prefix}_KAFKA_PASSWORD_FILE": str(password_file(settings, identity))})
+    if conn.sasl_mechanism:
+        env[f"FLEETPULSE_{prefix}_KAFKA_SASL_MECHANISM"] = conn.sasl_mechanism
+    if conn.username:
+        env[f"FLEETPULSE_{prefix}_KAFKA_USERNAME"] = conn.username
+    if conn.password is not None:
+        env[f"FLEETPULSE_{prefix}_KAFKA_PASSWORD_FILE"] = str(_secret_file(conn.password.get_secret_value()))
     if conn.ca_file:
         env[f"FLEETPULSE_{prefix}_KAFKA_CA_FILE"] = conn.ca_file
     return env
+
+
+def _secret_file(secret: str) -> Path:
+    """A 0600 file holding ``secret``, in a private directory of this user's temp dir (one per secret)."""
+    import hashlib
+    import tempfile
+
+    from devtools.stack.service import ensure_private_dir
+
+    folder = Path(tempfile.gettempdir()) / f"fleetpulse-secrets-{os.getuid()}"
+    ensure_private_dir(folder)
+    path = folder / f"{hashlib.sha256(secret.encode()).hexdigest()[:16]}.password"
+    if not path.exists():
+        write_private(path, secret)
+    return path
 
 
 def mqtt(settings: StackSettings | None = None, identity: str = ADMIN) -> MqttConnection:

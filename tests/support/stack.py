@@ -45,6 +45,9 @@ class PrivateService:
             mongodb_port=free_port(),
             gcs_port=free_port(),
             kafka_heap="512m",
+            # Fault tests kill, stop and restart these; security is exercised on the shared stack
+            # and in tests/security's private secured one.
+            secure=False,
         )
         self.settings = settings
         self.service = SERVICES[name](settings)
@@ -52,6 +55,13 @@ class PrivateService:
     @property
     def endpoint(self) -> dict:
         return self.service.endpoint()
+
+    @property
+    def connection(self) -> "KafkaConnection":
+        """A client's connection to this private Kafka."""
+        from devtools.stack import access
+
+        return access.kafka(self.settings)
 
     @property
     def address(self) -> str:
