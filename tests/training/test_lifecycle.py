@@ -80,12 +80,12 @@ class Lifecycle:
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines()]
 
-    def decider(self, rule: PromotionRule) -> lifecycle.Decider:
+    def decider(self, rule: PromotionRule, cls: type[lifecycle.Decider] = lifecycle.Decider) -> lifecycle.Decider:
         from fleetpulse.settings import KafkaConnection
 
         topics = [self.shadow_topic, self.truth_topic, self.alerts_topic]
         reader = lifecycle.TopicReader(KafkaConnection(bootstrap_servers=self.kafka), topics, "fleetpulse-decider-test")
-        return lifecycle.Decider(reader, self.gcs, self.bucket, MODEL, *topics, rule=rule)
+        return cls(reader, self.gcs, self.bucket, MODEL, *topics, rule=rule)
 
 
 @pytest.fixture
@@ -201,29 +201,47 @@ def test_each_decision_is_one_sentence_without_json(life):
     assert "deciding on car-anomaly" in out.stderr
 
 
+class RacingDecider(lifecycle.Decider):
+    """Waits, between reading the channels for its write and writing them, until the other has read them too."""
+
+    both_read: threading.Barrier
+
+    def _apply(self, outcome, seen, change):
+        def after_both_read(channels):
+            self.both_read.wait(timeout=30)
+            return change(channels)
+
+        return super()._apply(outcome, seen, after_both_read)
+
+
 def test_two_deciders_racing_on_the_same_candidate_make_exactly_one_channel_change(life):
     stable, candidate = start_trial(life, candidate_threshold=1.0)
     rule = replace(PromotionRule(), min_car_hours=40)
-    deciders = [life.decider(rule), life.decider(rule)]
-    for d in deciders:
-        d.ingest()  # both have read everything before either decides
-    both_ready = threading.Barrier(2)
+    RacingDecider.both_read = threading.Barrier(2)
+    deciders = [life.decider(rule, RacingDecider), life.decider(rule, RacingDecider)]
     outcomes = []
-
-    def decide(d: lifecycle.Decider) -> None:
-        both_ready.wait(timeout=30)
-        outcomes.extend(d.step())
-
-    threads = [threading.Thread(target=decide, args=(d,)) for d in deciders]
+    threads = [threading.Thread(target=lambda d=d: outcomes.extend(d.step())) for d in deciders]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=90)
+    # Both read the same generation of channels.json: the precondition lets one write land.
     assert sorted((o.action, o.applied) for o in outcomes) == [(PROMOTE, False), (PROMOTE, True)]
     [lost] = [o for o in outcomes if not o.applied]
     assert lost.reason.startswith("another writer changed the channels first")
     ch = life.channels()
     assert (ch.stable, ch.candidate, ch.previous) == (candidate, None, (stable,))
+
+
+def test_a_decider_that_comes_second_finds_the_decision_made_and_changes_nothing(life):
+    stable, candidate = start_trial(life, candidate_threshold=1.0)
+    rule = replace(PromotionRule(), min_car_hours=40, watch_car_hours=20)
+    [first] = life.decider(rule).step()
+    assert (first.action, first.applied) == (PROMOTE, True)
+    [second] = life.decider(rule).step()
+    # No trial is left; the new stable's watch begins (it has raised no alert yet).
+    assert (second.action, second.watch, second.version) == (WAIT, True, candidate)
+    assert life.channels().previous == (stable,)
 
 
 # ---- the rollback watch -------------------------------------------------------------------------
