@@ -15,7 +15,7 @@ from fleetpulse.topics import ALERTS, GROUND_TRUTH, MODEL_REQUESTS, MODEL_SHADOW
 
 ADMIN = "admin"
 KAFKA_BROKER = "kafka-broker"
-SERVICES = ("simulator", "bridge", "training", "transformer")
+SERVICES = ("simulator", "bridge", "training", "transformer", "decider")
 """The services a user asks `fleetpulse stack credentials` for, besides ``admin`` and car ids."""
 
 MQTT_CAR_DATA = MQTT_TOPIC_PREFIX + "+"
@@ -41,6 +41,9 @@ KAFKA_RIGHTS: dict[str, KafkaRights] = {
     # model-shadow: both models' verdicts for the promotion decision; model-requests: a retrain on drift.
     "transformer": KafkaRights(read=(SENSOR_DATA,), write=(ALERTS, SENSOR_DATA_DLQ, MODEL_SHADOW, MODEL_REQUESTS),
                                group_prefixes=("fleetpulse-transformer",)),
+    # The promotion decision (`fleetpulse models decide`): both models' shadow verdicts, the labels,
+    # and the new stable's alerts for the rollback watch. Its group is only named: it reads by assignment.
+    "decider": KafkaRights(read=(MODEL_SHADOW, GROUND_TRUTH, ALERTS), group_prefixes=("fleetpulse-decider",)),
 }
 """No Kafka right needs IDEMPOTENT_WRITE on the cluster: since Kafka 2.8 (KIP-679) Write on a topic
 admits an idempotent producer (the bridge's and the transformer's are), tested in tests/security."""

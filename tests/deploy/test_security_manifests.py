@@ -11,8 +11,11 @@ import pytest
 from devtools.stack.rights import KAFKA_RIGHTS, MQTT_ROLES
 from tests.support.deploy import TERRAFORM, env_of, find, one, pod_spec
 
-KAFKA_CLIENTS = {"bridge": ("StatefulSet", "FLEETPULSE_BRIDGE_"), "transformer": ("Deployment", "FLEETPULSE_SCORE_"),
-                 "simulator": ("Job", "FLEETPULSE_SIMULATOR_")}
+KAFKA_CLIENTS = {"bridge": ("StatefulSet", "bridge", "FLEETPULSE_BRIDGE_"),
+                 "transformer": ("Deployment", "transformer", "FLEETPULSE_SCORE_"),
+                 "simulator": ("Job", "simulator", "FLEETPULSE_SIMULATOR_"),
+                 "decider": ("Deployment", "model-decider", "FLEETPULSE_DECIDE_")}
+"""Kafka identity -> the workload that logs in as it (kind, name) and its settings prefix."""
 PIPELINE_NAMESPACE = "kubeflow"
 STRIMZI_SECRETS = {*KAFKA_RIGHTS, "keda", "fleetpulse-cluster-ca-cert"}
 """Secrets Strimzi writes: one per KafkaUser (its password), and the cluster CA's certificate."""
@@ -112,9 +115,9 @@ def test_each_kafka_user_has_the_rights_the_local_stack_grants_it(overlays, serv
 
 @pytest.mark.parametrize("service", sorted(KAFKA_CLIENTS))
 def test_each_service_logs_in_to_kafka_as_its_own_user_with_secrets_from_files(overlays, service):
-    kind, prefix = KAFKA_CLIENTS[service]
+    kind, workload, prefix = KAFKA_CLIENTS[service]
     for name, objects in overlays.items():
-        spec = pod_spec(one(objects, kind, service))
+        spec = pod_spec(one(objects, kind, workload))
         c = spec["containers"][0]
         env = env_of(c)
         conf = {k: e["valueFrom"]["configMapKeyRef"]["key"] for k, e in env.items() if "configMapKeyRef" in e.get("valueFrom", {})}

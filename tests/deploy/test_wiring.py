@@ -210,8 +210,10 @@ SETTINGS = {
     "FLEETPULSE_SIMULATOR_": "simulator.settings:SimulatorSettings",
     "FLEETPULSE_SCORE_": "inference.transformer.settings:ScoreSettings",
     "FLEETPULSE_SERVE_": "inference.server.settings:ServeSettings",
+    "FLEETPULSE_DECIDE_": "components.settings:DecideSettings",
 }
-SERVICE_PREFIX = {"bridge": "FLEETPULSE_BRIDGE_", "transformer": "FLEETPULSE_SCORE_", "simulator": "FLEETPULSE_SIMULATOR_"}
+SERVICE_PREFIX = {"bridge": "FLEETPULSE_BRIDGE_", "transformer": "FLEETPULSE_SCORE_", "simulator": "FLEETPULSE_SIMULATOR_",
+                  "model-decider": "FLEETPULSE_DECIDE_"}
 
 
 def env_names(overlays) -> dict[str, set[str]]:
