@@ -59,11 +59,15 @@ class IdentityStore:
         return self.services()[name]
 
     def services(self) -> dict[str, str]:
-        if not self.services_file.exists():
+        """Every service's password; identities added since the store was created (a new service) get one now."""
+        found = json.loads(self.services_file.read_text()) if self.services_file.exists() else {}
+        if set(IDENTITIES) - set(found):
             with self._locked():
-                if not self.services_file.exists():
-                    write_private(self.services_file, json.dumps({n: _new_password() for n in IDENTITIES}, indent=1))
-        return json.loads(self.services_file.read_text())
+                found = json.loads(self.services_file.read_text()) if self.services_file.exists() else {}
+                if set(IDENTITIES) - set(found):
+                    found.update({n: _new_password() for n in IDENTITIES if n not in found})
+                    write_private(self.services_file, json.dumps(found, indent=1))
+        return found
 
     def cars(self) -> dict[str, str]:
         return dict(_rows(self.cars_file, 2))

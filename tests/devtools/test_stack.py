@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.stack import access
 from devtools.stack.process import free_port
+from devtools.stack.settings import StackSettings
+from fleetpulse.clients import kafka_config
+from tests.support.mqtt import connect_to, paho_client
 
 FLEETPULSE = [sys.executable, "-m", "fleetpulse.cli"]
 
@@ -33,14 +37,18 @@ def test_status_json_has_the_documented_shape(stack):
     assert all(state[name]["running"] is True for name in ("kafka", "mqtt", "mongodb", "gcs"))
 
 
-def test_kafka_round_trip_with_a_stock_client(kafka_bootstrap, unique):
+def test_kafka_round_trip_with_a_stock_client(kafka, unique):
     from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"test-roundtrip-{unique}"
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(kafka_config(kafka))  # secured, topics are never created by a first produce
+    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result()
+    producer = Producer(kafka_config(kafka))
     producer.produce(topic, key=b"car-1", value=b"hello")
     assert producer.flush(10) == 0
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique, "auto.offset.reset": "earliest"})
+    consumer = Consumer({**kafka_config(kafka), "group.id": unique, "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     try:
         deadline = time.monotonic() + 20
@@ -53,27 +61,25 @@ def test_kafka_round_trip_with_a_stock_client(kafka_bootstrap, unique):
         consumer.close()
 
 
-def test_project_topics_exist_with_their_partitions(kafka_bootstrap):
+def test_project_topics_exist_with_their_partitions(kafka):
     from confluent_kafka.admin import AdminClient
 
     from fleetpulse.topics import TOPICS
 
-    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    topics = AdminClient(kafka_config(kafka)).list_topics(timeout=10).topics
     for spec in TOPICS.values():
         assert spec.name in topics
         assert len(topics[spec.name].partitions) == spec.partitions
 
 
-def test_mqtt_round_trip_with_a_stock_client(mqtt_endpoint, unique):
+def test_mqtt_round_trip_with_a_stock_client(mqtt, unique):
     import threading
-
-    import paho.mqtt.client as mqtt
 
     got: list[bytes] = []
     done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = paho_client(mqtt)
     client.on_message = lambda c, u, m: (got.append(m.payload), done.set())
-    client.connect(*mqtt_endpoint)
+    connect_to(client, mqtt)
     client.loop_start()
     try:
         client.subscribe(f"vehicles/sensor/data/{unique}", qos=1)
@@ -116,6 +122,11 @@ def test_stack_up_twice_is_harmless(stack):
     assert "none, all were running" in proc.stdout
 
 
+def stack_settings(env: dict) -> StackSettings:
+    """The settings `fleetpulse stack` reads from ``env`` (a private stack's)."""
+    return StackSettings(**{k.removeprefix("FLEETPULSE_STACK_").lower(): v for k, v in env.items()})
+
+
 @pytest.fixture
 def private_stack_env(tmp_path) -> dict:
     """Env for a whole second stack on free ports, so lifecycle tests never touch the shared one."""
@@ -138,9 +149,9 @@ def test_down_then_up_keeps_kafka_data_and_twins(stack, private_stack_env):
     env = private_stack_env
     try:
         assert run_cli("stack", "up", env=env).returncode == 0
-        state = json.loads(run_cli("stack", "status", "--json", env=env).stdout)
-        bootstrap, uri = state["kafka"]["bootstrap_servers"], state["mongodb"]["uri"]
-        producer = Producer({"bootstrap.servers": bootstrap})
+        settings = stack_settings(env)
+        kafka, uri = access.kafka(settings), access.mongodb_uri(settings)
+        producer = Producer(kafka_config(kafka))
         producer.produce("sensor-data", key=b"car-7", value=b"kept")
         assert producer.flush(10) == 0
         MongoClient(uri)["fleetpulse"]["cars"].insert_one({"_id": "car-7", "status": "failing"})
@@ -150,7 +161,7 @@ def test_down_then_up_keeps_kafka_data_and_twins(stack, private_stack_env):
         assert json.loads(run_cli("stack", "status", "--json", env=env).stdout)["kafka"]["running"] is False
         assert run_cli("stack", "up", env=env).returncode == 0
 
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
+        consumer = Consumer({**kafka_config(kafka), "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
         consumer.subscribe(["sensor-data"])
         values, deadline = [], time.monotonic() + 30
         while time.monotonic() < deadline and b"kept" not in values:
