@@ -14,8 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetpulse.clients import ensure_topics, kafka_config
 from fleetpulse.contract import N_FEATURES, SENSOR_FIELDS
 from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord
+from fleetpulse.settings import KafkaConnection
+from fleetpulse.topics import TopicSpec
 
 COL = {name: i for i, name in enumerate(SENSOR_FIELDS)}
 RAMP_EVENTS = 3
@@ -98,20 +101,17 @@ def make_fleet(n_cars: int = 30, n_events: int = 120, failing_share: float = 0.5
     return Fleet(values, rows_car, ts, truth, interval_s)
 
 
-def produce_fleet(bootstrap: str, fleet: Fleet, topic: str, truth_topic: str, partitions: int = 3) -> None:
-    """Create the topics and produce the readings (framed Avro, keyed by car) and the ground truth."""
+def produce_fleet(kafka: KafkaConnection, fleet: Fleet, topic: str, truth_topic: str, partitions: int = 3) -> None:
+    """Create the topics and produce the readings (framed Avro, keyed by car) and the ground truth.
+
+    ``kafka`` must be allowed to create ``topic`` and ``truth_topic`` (the operator's identity on a
+    secured stack: no service principal may create topics)."""
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
 
     from fleetpulse.codec import encode_batch
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    keep = {"retention.ms": "-1"}
-    futures = admin.create_topics([NewTopic(topic, partitions, 1, config=keep), NewTopic(truth_topic, 1, 1, config=keep)])
-    for f in futures.values():
-        f.result(15)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True,
-                         "queue.buffering.max.messages": 1_000_000})
+    ensure_topics(kafka, [TopicSpec(topic, partitions, -1), TopicSpec(truth_topic, 1, -1)])
+    producer = Producer(kafka_config(kafka, **{"linger.ms": 20, "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000}))
     messages = [(topic, payload, car, ts) for payload, car, ts in zip(encode_batch(fleet.values), fleet.car_ids, fleet.ts_ms.tolist())]
     messages += [(truth_topic, r.to_json(), r.car_id, r.onset_ts) for r in fleet.truth]
     for to, value, key, ts in messages:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import pytest
 
 from components.synthetic import Fleet, make_fleet, produce_fleet
+from devtools.stack import access
+from fleetpulse.settings import KafkaConnection
 from tests.support.stack import stack_with
 
 
@@ -24,13 +26,28 @@ def kafka_bootstrap() -> str:
 
 
 @pytest.fixture(scope="session")
+def kafka(kafka_bootstrap) -> KafkaConnection:
+    """The operator's (``admin``) connection: the tests' topics are their own, on which no service
+    principal has rights."""
+    return access.kafka()
+
+
+@pytest.fixture(scope="session")
 def gcs_endpoint() -> str:
     return stack_with("kafka", "gcs")["gcs"]["endpoint"]
 
 
+@pytest.fixture(autouse=True)
+def training_login(kafka, monkeypatch) -> None:
+    """The training steps get a bare bootstrap (what a KFP step is given) and take the login from
+    FLEETPULSE_TRAIN_KAFKA_*, as in their pod; here the operator's, for the tests' own topics."""
+    for name, value in access.connection_env("TRAIN", kafka).items():
+        monkeypatch.setenv(name, value)
+
+
 @dataclass
 class FleetTopics:
-    bootstrap: str
+    kafka: KafkaConnection
     topic: str
     truth_topic: str
     fleet: Fleet
@@ -60,23 +77,23 @@ def simulated_fleet(n_cars: int, n_events: int, failures: float, seed: int, inte
     return Fleet(values, ids * n_events, ts, truth, interval_s)
 
 
-def _fleet_topics(bootstrap: str, simulated: bool = False, **kwargs) -> FleetTopics:
+def _fleet_topics(kafka: KafkaConnection, simulated: bool = False, **kwargs) -> FleetTopics:
     suffix = uuid.uuid4().hex[:10]
     fleet = simulated_fleet(**kwargs) if simulated else make_fleet(**kwargs)
-    ft = FleetTopics(bootstrap, f"train-sensor-{suffix}", f"train-truth-{suffix}", fleet)
-    produce_fleet(bootstrap, fleet, ft.topic, ft.truth_topic)
+    ft = FleetTopics(kafka, f"train-sensor-{suffix}", f"train-truth-{suffix}", fleet)
+    produce_fleet(kafka, fleet, ft.topic, ft.truth_topic)
     return ft
 
 
 @pytest.fixture(scope="session")
-def fleet_topics(kafka_bootstrap) -> FleetTopics:
+def fleet_topics(kafka) -> FleetTopics:
     """The simulator's cars: 400 x 60 events (24,000 records over 3 partitions); 5% develop a failure, its default."""
-    return _fleet_topics(kafka_bootstrap, simulated=True, n_cars=400, n_events=60, failures=0.05, seed=11)
+    return _fleet_topics(kafka, simulated=True, n_cars=400, n_events=60, failures=0.05, seed=11)
 
 
 @pytest.fixture
-def make_fleet_topics(kafka_bootstrap):
-    return lambda **kwargs: _fleet_topics(kafka_bootstrap, **kwargs)
+def make_fleet_topics(kafka):
+    return lambda **kwargs: _fleet_topics(kafka, **kwargs)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from confluent_kafka import Producer
 
 from components.kafka_dataset import WindowError, read_records, read_timed_records, resolve_window, split_window
+from fleetpulse.clients import kafka_config
 from fleetpulse.errors import BrokerUnavailable
 
 
@@ -20,8 +21,8 @@ def _by_car(keys, values) -> dict:
 
 
 def test_tfio_reads_every_partition_exactly_as_published(fleet_topics):
-    window = resolve_window(fleet_topics.bootstrap, fleet_topics.topic)
-    records = read_records(fleet_topics.bootstrap, window)
+    window = resolve_window(fleet_topics.kafka, fleet_topics.topic)
+    records = read_records(fleet_topics.kafka, window)
     fleet = fleet_topics.fleet
 
     assert window.records == len(fleet.values) == len(records)
@@ -34,21 +35,21 @@ def test_tfio_reads_every_partition_exactly_as_published(fleet_topics):
 
 
 def test_tfio_reader_honours_start_offsets(fleet_topics):
-    whole = resolve_window(fleet_topics.bootstrap, fleet_topics.topic)
+    whole = resolve_window(fleet_topics.kafka, fleet_topics.topic)
     head, tail = split_window(whole, 0.5)
-    all_rows = read_records(fleet_topics.bootstrap, whole).values
-    tail_rows = read_records(fleet_topics.bootstrap, tail).values
+    all_rows = read_records(fleet_topics.kafka, whole).values
+    tail_rows = read_records(fleet_topics.kafka, tail).values
 
     assert len(tail_rows) == tail.records == whole.records - head.records
     # TF-IO's own from_kafka would start at offset 0 here; the tail must be the tail.
     assert {r.tobytes() for r in tail_rows} <= {r.tobytes() for r in all_rows}
-    assert len({r.tobytes() for r in tail_rows} & {r.tobytes() for r in read_records(fleet_topics.bootstrap, head).values}) == 0
+    assert len({r.tobytes() for r in tail_rows} & {r.tobytes() for r in read_records(fleet_topics.kafka, head).values}) == 0
 
 
 def test_time_window_selects_records_by_kafka_timestamp(fleet_topics):
     ts = np.unique(fleet_topics.fleet.ts_ms)
-    window = resolve_window(fleet_topics.bootstrap, fleet_topics.topic, int(ts[10]), int(ts[20]))
-    records = read_timed_records(fleet_topics.bootstrap, window)
+    window = resolve_window(fleet_topics.kafka, fleet_topics.topic, int(ts[10]), int(ts[20]))
+    records = read_timed_records(fleet_topics.kafka, window)
 
     assert len(records) == 10 * len(set(fleet_topics.fleet.car_ids))
     assert records.ts_ms.min() == ts[10] and records.ts_ms.max() == ts[19]
@@ -56,31 +57,31 @@ def test_time_window_selects_records_by_kafka_timestamp(fleet_topics):
 
 def test_empty_window_fails_naming_topic_and_offsets(fleet_topics):
     ts = int(fleet_topics.fleet.ts_ms.max()) + 60_000
-    window = resolve_window(fleet_topics.bootstrap, fleet_topics.topic, ts, ts + 1000)
+    window = resolve_window(fleet_topics.kafka, fleet_topics.topic, ts, ts + 1000)
     with pytest.raises(WindowError, match=rf"topic '{fleet_topics.topic}' offsets \[p0:\d+-\d+.*holds 0 records"):
-        read_records(fleet_topics.bootstrap, window)
+        read_records(fleet_topics.kafka, window)
 
 
-def test_missing_topic_is_a_clear_error(kafka_bootstrap, unique):
-    with pytest.raises(WindowError, match=f"topic 'no-such-{unique}' does not exist"):
-        resolve_window(kafka_bootstrap, f"no-such-{unique}")
+def test_missing_topic_is_a_clear_error(kafka, unique):
+    # Logged in (a secured stack), the rights check up front finds the topic missing, before the window does.
+    with pytest.raises((WindowError, BrokerUnavailable), match=f"topic 'no-such-{unique}' does not exist"):
+        resolve_window(kafka, f"no-such-{unique}")
 
 
 def test_unreachable_broker_fails_loudly_instead_of_reading_nothing(private_service):
     kafka = private_service("kafka")
-    bootstrap = kafka.endpoint["bootstrap_servers"]
     kafka.stop()
     with pytest.raises(BrokerUnavailable, match="unreachable"):
-        resolve_window(bootstrap, "sensor-data")
+        resolve_window(kafka.connection, "sensor-data")
 
 
 def test_undecodable_records_are_skipped_and_counted(make_fleet_topics):
     ft = make_fleet_topics(n_cars=4, n_events=60)
-    producer = Producer({"bootstrap.servers": ft.bootstrap})
+    producer = Producer(kafka_config(ft.kafka))
     for garbage in (b"", b"\x01nope", b"\x00\x00\x00\x00\x01\x02"):
         producer.produce(ft.topic, garbage, key=b"car00000", partition=0)
     producer.flush(10)
 
-    records = read_records(ft.bootstrap, resolve_window(ft.bootstrap, ft.topic))
+    records = read_records(ft.kafka, resolve_window(ft.kafka, ft.topic))
     assert records.undecodable == 3
     assert len(records) == 240

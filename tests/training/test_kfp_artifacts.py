@@ -17,6 +17,7 @@ import pytest
 
 from components import steps
 from components.evaluate import evaluate_scores
+from devtools.stack import access
 from fleetpulse import model_store
 from fleetpulse.clients import gcs_client
 from fleetpulse.evaluation import Labels
@@ -52,7 +53,8 @@ def kfp_run(fleet_topics, gcs_endpoint, tmp_path_factory) -> KfpRun:
     bucket = f"fp-kfp-{uuid.uuid4().hex[:10]}"
     gcs_client(gcs_endpoint).create_bucket(bucket)
     root = tmp_path_factory.mktemp("kfp-root")
-    env = {**os.environ, "FLEETPULSE_TRAIN_GCS_ENDPOINT": gcs_endpoint, "FLEETPULSE_TRAIN_KAFKA_BOOTSTRAP_SERVERS": fleet_topics.bootstrap}
+    # Module-scoped, so before the per-test training_login: the login is given here the same way.
+    env = {**os.environ, "FLEETPULSE_TRAIN_GCS_ENDPOINT": gcs_endpoint, **access.connection_env("TRAIN", fleet_topics.kafka)}
     out = subprocess.run([FP, "train", "--model", "lstm", "--epochs", "3", "--topic", fleet_topics.topic, "--truth-topic",
                           fleet_topics.truth_topic, "--bucket", bucket, "--min-f1", str(MIN_F1), "--pipeline-root", str(root),
                           "--json"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip

@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FP = str(Path(sys.executable).with_name("fleetpulse"))
 
 
-def _train(ft, tmp_path: Path, model_type: str = models.AUTOENCODER, epochs: int = 8) -> dict:
-    return steps.train_step(steps.TrainParams(ft.bootstrap, ft.topic, model_type, epochs), tmp_path)
-
-
 @pytest.mark.slow
 def test_trained_model_publishes_and_plain_tf_load_flags_failing_car_not_healthy(fleet_topics, model_bucket, gcs_endpoint, tmp_path):
     import tensorflow as tf
@@ -31,8 +27,8 @@ def test_trained_model_publishes_and_plain_tf_load_flags_failing_car_not_healthy
     from components.pipeline_local import run
     from components.settings import TrainSettings
 
-    settings = TrainSettings(kafka_bootstrap_servers=fleet_topics.bootstrap, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
-    params = steps.TrainParams(fleet_topics.bootstrap, fleet_topics.topic, models.AUTOENCODER, epochs=8)
+    settings = TrainSettings(kafka_bootstrap_servers=fleet_topics.kafka.bootstrap_servers, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
+    params = steps.TrainParams(fleet_topics.kafka.bootstrap_servers, fleet_topics.topic, models.AUTOENCODER, epochs=8)
     result = run(settings, params, truth_topic=fleet_topics.truth_topic)
 
     assert result["model_uri"] == f"gs://{model_bucket}/car-anomaly/1/" and result["version"] == 1
@@ -73,8 +69,8 @@ def test_quality_gate_keeps_a_model_below_min_f1_as_rejected_and_fails_the_run(m
     from components.settings import TrainSettings
 
     ft = make_fleet_topics(n_cars=20, n_events=60)
-    settings = TrainSettings(kafka_bootstrap_servers=ft.bootstrap, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
-    params = steps.TrainParams(ft.bootstrap, ft.topic, models.AUTOENCODER, epochs=1)
+    settings = TrainSettings(kafka_bootstrap_servers=ft.kafka.bootstrap_servers, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
+    params = steps.TrainParams(ft.kafka.bootstrap_servers, ft.topic, models.AUTOENCODER, epochs=1)
     with pytest.raises(steps.QualityGateFailed, match="below the floor --min-f1 1.0.*; kept as rejected version 1 of car-anomaly"):
         run(settings, params, ft.truth_topic, min_f1=1.0 + 1e-9, work_dir=tmp_path)
     assert (tmp_path / "evaluate" / "metrics.json").exists()
