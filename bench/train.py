@@ -31,29 +31,31 @@ import numpy as np  # noqa: E402
 
 from components import kafka_dataset as kd  # noqa: E402
 from components.synthetic import make_fleet, produce_fleet  # noqa: E402
-from components.settings import TrainSettings  # noqa: E402
+from devtools.stack import access  # noqa: E402
+from fleetpulse.clients import kafka_config  # noqa: E402
+from fleetpulse.settings import KafkaConnection  # noqa: E402
 
 
 def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else float("inf")
 
 
-def produce(bootstrap: str, n: int) -> tuple[str, int]:
+def produce(kafka: KafkaConnection, n: int) -> tuple[str, int]:
     cars = 1000
     fleet = make_fleet(n_cars=cars, n_events=max(1, n // cars), seed=1)
     topic = f"bench-train-{uuid.uuid4().hex[:8]}"
-    produce_fleet(bootstrap, fleet, topic, topic + "-truth", partitions=6)
+    produce_fleet(kafka, fleet, topic, topic + "-truth", partitions=6)
     return topic, len(fleet.values)
 
 
-def bench_tfio(bootstrap: str, window: kd.Window) -> dict:
+def bench_tfio(kafka: KafkaConnection, window: kd.Window) -> dict:
     import tensorflow as tf  # noqa: F401 - import outside the timed region
 
     t = time.perf_counter()
-    records = kd.read_records(bootstrap, window)
+    records = kd.read_records(kafka, window)
     read_decode = time.perf_counter() - t
     t = time.perf_counter()
-    n = sum(len(m) for m, _ in kd.raw_dataset(bootstrap, window).as_numpy_iterator())
+    n = sum(len(m) for m, _ in kd.raw_dataset(kafka, window).as_numpy_iterator())
     read_only = time.perf_counter() - t
     assert n == window.records == len(records) + records.undecodable
     return {"tfio_read_decode": _rate(len(records), read_decode), "tfio_read_decode_s": round(read_decode, 2),
@@ -81,7 +83,7 @@ def bench_tfio_decode_avro(messages: list[bytes]) -> float:
     return _rate(n, time.perf_counter() - t)
 
 
-def bench_baseline(bootstrap: str, window: kd.Window) -> float:
+def bench_baseline(kafka: KafkaConnection, window: kd.Window) -> float:
     """The naive path: poll one message at a time, fastavro per record, a Python list of rows."""
     import fastavro
     from confluent_kafka import Consumer, TopicPartition
@@ -89,7 +91,7 @@ def bench_baseline(bootstrap: str, window: kd.Window) -> float:
     from fleetpulse.contract import SENSOR_FIELDS, parsed_schema
 
     schema = parsed_schema(1)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
+    consumer = Consumer(kafka_config(kafka, **{"group.id": f"bench-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}))
     consumer.assign([TopicPartition(window.topic, r.partition, r.start) for r in window.ranges])
     rows, t = [], time.perf_counter()
     while len(rows) < window.records:
@@ -137,15 +139,16 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=None)
     args = parser.parse_args()
     n = args.records or (100_000 if args.quick else 1_000_000)
-    bootstrap = TrainSettings().kafka_bootstrap_servers
-    kd.require_kafka(bootstrap)
+    # The operator's identity: the bench writes and reads a topic of its own, which no service may create.
+    kafka = access.kafka()
+    kd.require_kafka(kafka)
 
-    topic, n = produce(bootstrap, n)
-    window = kd.resolve_window(bootstrap, topic)
+    topic, n = produce(kafka, n)
+    window = kd.resolve_window(kafka, topic)
     print(f"produced {n} records to {topic}", file=sys.stderr)
-    tfio, records = bench_tfio(bootstrap, window)
+    tfio, records = bench_tfio(kafka, window)
     print(f"tfio {tfio}", file=sys.stderr)
-    baseline = bench_baseline(bootstrap, window)
+    baseline = bench_baseline(kafka, window)
     print(f"baseline {baseline} rec/s", file=sys.stderr)
     from fleetpulse.codec import encode_batch
 
