@@ -1,6 +1,6 @@
 """What the serving tests share: a tiny SavedModel with the production signature, published to fake
 GCS; `fleetpulse serve` as a real subprocess on free ports; a `fleetpulse score` ``Run`` with its own
-topics, group and twin collection."""
+topics, group and twin collection, as the operator (``admin``) on the stack, secured or not."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from devtools.stack import access
 from devtools.stack.process import free_port
+from devtools.stack.settings import StackSettings
 from fleetpulse import model_store
-from fleetpulse.clients import gcs_client
+from fleetpulse.clients import gcs_client, kafka_config
 from fleetpulse.codec import encode_batch
 from fleetpulse.contract import N_FEATURES, SENSOR_FIELDS
 from fleetpulse.readings import HIGH, LOW
+from fleetpulse.settings import KafkaConnection
 from tests.support.paths import FLEETPULSE
 
 BUCKET = "fleetpulse-models"
@@ -221,23 +224,28 @@ N_CARS = 20
 
 
 class Run:
-    """Topics, twin collection and env for one transformer run against given servers."""
+    """Topics, twin collection and env for one transformer run against given servers.
 
-    def __init__(self, unique: str, kafka: str, mongodb_uri: str, model_server):
-        self.kafka, self.mongodb_uri = kafka, mongodb_uri
+    ``kafka``: the ``kafka`` fixture, or a private server's ``connection``; ``mongodb``: the settings of
+    the stack whose FerretDB holds the twins (a private server's; None: the shared stack's). The
+    transformer logs in as the operator (admin): its topics and group are this run's own, on which
+    no service principal has rights.
+    """
+
+    def __init__(self, unique: str, kafka: KafkaConnection, model_server, mongodb: StackSettings | None = None):
+        self.kafka, self.mongodb_uri = kafka, access.mongodb_uri(mongodb)
         self.topic, self.alerts, self.dlq = f"sensor-{unique}", f"alerts-{unique}", f"dlq-{unique}"
         self.collection = f"cars_{unique}"
-        admin = AdminClient({"bootstrap.servers": kafka})
+        admin = AdminClient(kafka_config(kafka))
         for f in admin.create_topics([NewTopic(t, 3, 1) for t in (self.topic, self.alerts, self.dlq)]).values():
             f.result()
-        self.env = {**os.environ, "FLEETPULSE_SCORE_KAFKA_BOOTSTRAP_SERVERS": kafka, "FLEETPULSE_SCORE_TOPIC": self.topic,
-                    "FLEETPULSE_SCORE_ALERTS_TOPIC": self.alerts, "FLEETPULSE_SCORE_DLQ_TOPIC": self.dlq,
+        self.env = {**os.environ, **access.connection_env("SCORE", kafka), **access.mongodb_env("SCORE", mongodb),
+                    "FLEETPULSE_SCORE_TOPIC": self.topic, "FLEETPULSE_SCORE_ALERTS_TOPIC": self.alerts, "FLEETPULSE_SCORE_DLQ_TOPIC": self.dlq,
                     "FLEETPULSE_SCORE_GROUP_ID": f"transformer-{unique}", "FLEETPULSE_SCORE_MODEL_GRPC": model_server.grpc_target,
-                    "FLEETPULSE_SCORE_MODEL_NAME": model_server.model, "FLEETPULSE_SCORE_MONGODB_URI": mongodb_uri,
-                    "FLEETPULSE_SCORE_TWIN_COLLECTION": self.collection, "FLEETPULSE_SCORE_METRICS_PORT": "0",
-                    "FLEETPULSE_SCORE_RETRY_MAX_S": "1"}
-        self.producer = Producer({"bootstrap.servers": kafka, "linger.ms": 5, "message.timeout.ms": 0, "enable.idempotence": True,
-                                  "reconnect.backoff.max.ms": 500})
+                    "FLEETPULSE_SCORE_MODEL_NAME": model_server.model, "FLEETPULSE_SCORE_TWIN_COLLECTION": self.collection,
+                    "FLEETPULSE_SCORE_METRICS_PORT": "0", "FLEETPULSE_SCORE_RETRY_MAX_S": "1"}
+        self.producer = Producer(kafka_config(kafka, **{"linger.ms": 5, "message.timeout.ms": 0, "enable.idempotence": True,
+                                                        "reconnect.backoff.max.ms": 500}))
         self.sent: dict[str, int] = {}
 
     def produce(self, rows: np.ndarray, cars: list[str]) -> None:
@@ -258,7 +266,7 @@ class Run:
                                 stdout=subprocess.PIPE, stderr=log, text=True)
 
     def read(self, topic: str, expect_at_least: int = 0, timeout: float = 20.0) -> list:
-        c = Consumer({"bootstrap.servers": self.kafka, "group.id": f"reader-{time.monotonic_ns()}", "auto.offset.reset": "earliest"})
+        c = Consumer({**kafka_config(self.kafka), "group.id": f"reader-{time.monotonic_ns()}", "auto.offset.reset": "earliest"})
         c.subscribe([topic])
         out, deadline, idle_since = [], time.monotonic() + timeout, time.monotonic()
         while time.monotonic() < deadline:

@@ -8,7 +8,9 @@ import json
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from fleetpulse.clients import kafka_config
 from fleetpulse.drift import reference
+from fleetpulse.settings import KafkaConnection
 from inference.transformer import metrics
 from inference.transformer.drift_watch import DriftWatch
 
@@ -29,8 +31,8 @@ class Clock:
         return self.now
 
 
-def requests(kafka: str, topic: str) -> list[dict]:
-    c = Consumer({"bootstrap.servers": kafka, "group.id": f"drift-{topic}", "enable.auto.commit": False})
+def requests(kafka: KafkaConnection, topic: str) -> list[dict]:
+    c = Consumer({**kafka_config(kafka), "group.id": f"drift-{topic}", "enable.auto.commit": False})
     _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     c.assign([TopicPartition(topic, 0, 0)])
     out = []
@@ -40,22 +42,22 @@ def requests(kafka: str, topic: str) -> list[dict]:
     return out
 
 
-def watch(kafka: str, topic: str, refs: dict, clock: Clock) -> tuple[DriftWatch, Producer]:
-    producer = Producer({"bootstrap.servers": kafka})
+def watch(kafka: KafkaConnection, topic: str, refs: dict, clock: Clock) -> tuple[DriftWatch, Producer]:
+    producer = Producer(kafka_config(kafka))
     return DriftWatch(refs.get, producer, topic, "car-anomaly", threshold=0.25, window_s=60, windows=2, min_rows=500,
                       cooldown_s=3600, clock=clock), producer
 
 
-def test_an_ota_rollout_raises_the_firmware_gauge_and_requests_one_retrain_while_an_unchanged_fleet_does_not(kafka_bootstrap, unique):
+def test_an_ota_rollout_raises_the_firmware_gauge_and_requests_one_retrain_while_an_unchanged_fleet_does_not(kafka, unique):
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"model-requests-{unique}"
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(kafka_config(kafka))
     for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
         f.result()
     rng = np.random.default_rng(0)
     clock = Clock()
-    w, producer = watch(kafka_bootstrap, topic, {"1": reference(fleet(20_000, rng), NAMES)}, clock)
+    w, producer = watch(kafka, topic, {"1": reference(fleet(20_000, rng), NAMES)}, clock)
     for minute in range(3):  # unchanged fleet
         w.add(fleet(2_000, rng), "1")
         clock.now += 61
@@ -69,15 +71,15 @@ def test_an_ota_rollout_raises_the_firmware_gauge_and_requests_one_retrain_while
     assert w.last_psi["control_unit_firmware"] > 0.25 and w.last_psi["speed"] < 0.1
     assert metrics.FEATURE_DRIFT.labels("control_unit_firmware")._value.get() > 0.25
     producer.flush(10)
-    sent = requests(kafka_bootstrap, topic)
+    sent = requests(kafka, topic)
     assert len(sent) == 1  # two windows in a row requested it; later windows are inside the cooldown
     assert sent[0]["reason"] == "drift" and sent[0]["model_version"] == "1" and set(sent[0]["features"]) == {"control_unit_firmware"}
 
 
-def test_a_version_without_a_reference_turns_drift_off_and_scoring_goes_on(kafka_bootstrap, unique):
+def test_a_version_without_a_reference_turns_drift_off_and_scoring_goes_on(kafka, unique):
     clock = Clock()
     lines = []
-    w, _ = watch(kafka_bootstrap, f"unused-{unique}", {}, clock)
+    w, _ = watch(kafka, f"unused-{unique}", {}, clock)
     w.progress = lines.append
     w.add(fleet(1_000, np.random.default_rng(1)), "7")
     clock.now += 61

@@ -38,12 +38,12 @@ def publish_oldest_reading_model(gcs_endpoint: str, model: str, tmp) -> None:
     model_store.publish(gcs, version, path, {"model_type": "lstm", "window": WINDOW, "threshold": THRESHOLD})
 
 
-def test_transformer_sends_windowed_model_each_cars_last_readings_in_order(gcs_endpoint, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+def test_transformer_sends_windowed_model_each_cars_last_readings_in_order(gcs_endpoint, kafka, unique, tmp_path):
     model = f"test-lstm-{uuid.uuid4().hex[:8]}"
     publish_oldest_reading_model(gcs_endpoint, model, tmp_path)
     server = ModelServer(model, gcs_endpoint, tmp_path / "serve.log").wait_ready()
     try:
-        run = Run(unique, kafka_bootstrap, mongodb_uri, server)
+        run = Run(unique, kafka, server)
         ids = produce_one_failing_car(run, np.random.default_rng(11))  # car-000's readings fail from its 11th on
         run.producer.flush()
 

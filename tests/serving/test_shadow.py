@@ -8,8 +8,10 @@ import uuid
 import numpy as np
 import pytest
 
-from fleetpulse.model_store import candidate_model_name
 from fleetpulse.alerts import decode_alert
+from fleetpulse.clients import kafka_config
+from fleetpulse.model_store import candidate_model_name
+from fleetpulse.settings import KafkaConnection
 from fleetpulse.shadow import decode_shadow, in_shadow
 from tests.serving.harness import ModelServer, Run, build_saved_model, cars, failing_rows, healthy_rows, release_model, release_saved
 
@@ -32,10 +34,10 @@ def stable_and_candidate(gcs_endpoint, tmp_path_factory):
     server.stop()
 
 
-def create_topic(kafka: str, name: str) -> str:
+def create_topic(kafka: KafkaConnection, name: str) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": kafka})
+    admin = AdminClient(kafka_config(kafka))
     for f in admin.create_topics([NewTopic(name, 3, 1)]).values():
         f.result()
     return name
@@ -51,9 +53,9 @@ def stream(run: Run, fleet: list[str], rng) -> None:
 
 
 def test_the_candidate_scores_the_shadowed_cars_beside_stable_and_never_alerts_or_touches_twins(
-        stable_and_candidate, kafka_bootstrap, mongodb_uri, unique):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, stable_and_candidate)
-    shadow_topic = create_topic(kafka_bootstrap, f"shadow-{unique}")
+        stable_and_candidate, kafka, unique):
+    run = Run(unique, kafka, stable_and_candidate)
+    shadow_topic = create_topic(kafka, f"shadow-{unique}")
     run.env.update({"FLEETPULSE_SCORE_SHADOW_TOPIC": shadow_topic, "FLEETPULSE_SCORE_SHADOW_SHARE": "0.5"})
     fleet = cars(400)
     stream(run, fleet, np.random.default_rng(3))
@@ -78,9 +80,9 @@ def test_the_candidate_scores_the_shadowed_cars_beside_stable_and_never_alerts_o
     assert {c for c, t in twins.items() if t["status"] != "ok"} <= set(fleet[:40])
 
 
-def test_without_a_candidate_nothing_is_shadowed(model_server, kafka_bootstrap, mongodb_uri, unique):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
-    shadow_topic = create_topic(kafka_bootstrap, f"shadow-{unique}")
+def test_without_a_candidate_nothing_is_shadowed(model_server, kafka, unique):
+    run = Run(unique, kafka, model_server)
+    shadow_topic = create_topic(kafka, f"shadow-{unique}")
     run.env.update({"FLEETPULSE_SCORE_SHADOW_TOPIC": shadow_topic})
     fleet = cars(50)
     stream(run, fleet, np.random.default_rng(4))

@@ -11,8 +11,8 @@ from tests.serving.harness import N_CARS, ModelServer, Run, cars, failing_rows, 
 
 
 def test_failing_car_goes_ok_warning_failing_with_an_alert_per_change_and_healthy_cars_stay_ok(
-        model_server, kafka_bootstrap, mongodb_uri, unique):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+        model_server, kafka, unique):
+    run = Run(unique, kafka, model_server)
     ids = produce_one_failing_car(run, np.random.default_rng(7))  # car-000 fails from its 11th reading on
     run.producer.produce(run.topic, key=b"car-garbage", value=b"\x00\x00\x00\x00\x01\xff")
     run.producer.flush()
@@ -37,8 +37,8 @@ def test_failing_car_goes_ok_warning_failing_with_an_alert_per_change_and_health
     assert len(dlq) == 1 and dict(dlq[0].headers())[DLQ_REASON_HEADER]
 
 
-def test_replaying_the_same_offsets_leaves_the_same_twins_and_no_new_alerts(model_server, kafka_bootstrap, mongodb_uri, unique):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+def test_replaying_the_same_offsets_leaves_the_same_twins_and_no_new_alerts(model_server, kafka, unique):
+    run = Run(unique, kafka, model_server)
     rng = np.random.default_rng(8)
     for step in range(20):
         rows = healthy_rows(N_CARS, rng)
@@ -57,10 +57,10 @@ def test_replaying_the_same_offsets_leaves_the_same_twins_and_no_new_alerts(mode
 
 
 @pytest.mark.slow
-def test_model_server_killed_mid_stream_loses_nothing(serving_model, gcs_endpoint, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+def test_model_server_killed_mid_stream_loses_nothing(serving_model, gcs_endpoint, kafka, unique, tmp_path):
     server = ModelServer(serving_model, gcs_endpoint, tmp_path / "serve.log").wait_ready()
     try:
-        run = Run(unique, kafka_bootstrap, mongodb_uri, server)
+        run = Run(unique, kafka, server)
         summary = stream_and_kill(run, server.kill, lambda: server.start().wait_ready(), tmp_path=tmp_path)
         assert summary["retries"].get("model-server", 0) > 0
     finally:
@@ -68,25 +68,25 @@ def test_model_server_killed_mid_stream_loses_nothing(serving_model, gcs_endpoin
 
 
 @pytest.mark.slow
-def test_kafka_killed_mid_stream_loses_nothing(model_server, private_service, mongodb_uri, unique, tmp_path):
-    kafka = private_service("kafka")
-    run = Run(unique, kafka.endpoint["bootstrap_servers"], mongodb_uri, model_server)
+def test_kafka_killed_mid_stream_loses_nothing(model_server, private_service, unique, tmp_path):
+    broker = private_service("kafka")
+    run = Run(unique, broker.connection, model_server)
     # Idle only counts once Kafka answers again; give the test's own producer time to resend its backlog.
-    stream_and_kill(run, kafka.kill, kafka.start, seconds=15.0, tmp_path=tmp_path, until_idle=10.0)
+    stream_and_kill(run, broker.kill, broker.start, seconds=15.0, tmp_path=tmp_path, until_idle=10.0)
 
 
 @pytest.mark.slow
-def test_mongodb_killed_mid_stream_loses_nothing(model_server, private_service, kafka_bootstrap, unique, tmp_path):
+def test_mongodb_killed_mid_stream_loses_nothing(model_server, kafka, private_service, unique, tmp_path):
     mongo = private_service("mongodb")
-    run = Run(unique, kafka_bootstrap, mongo.endpoint["uri"], model_server)
+    run = Run(unique, kafka, model_server, mongodb=mongo.settings)
     # Every car's twin at every checkpoint, so writes meet the outage (deferred twins: test_twin_writes.py).
     run.env["FLEETPULSE_SCORE_TWIN_INTERVAL_S"] = "0.5"
     summary = stream_and_kill(run, mongo.kill, mongo.start, tmp_path=tmp_path)
     assert summary["retries"].get("mongodb", 0) > 0
 
 
-def test_nan_infinite_and_impossible_readings_go_to_the_dlq_and_never_clear_a_failing_car(model_server, kafka_bootstrap, mongodb_uri, unique):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+def test_nan_infinite_and_impossible_readings_go_to_the_dlq_and_never_clear_a_failing_car(model_server, kafka, unique):
+    run = Run(unique, kafka, model_server)
     rng = np.random.default_rng(12)
     ids = produce_one_failing_car(run, rng, steps=20, fails_from=5)  # car-000 is failing by its 11th reading
     bad = healthy_rows(3, rng)
@@ -106,12 +106,12 @@ def test_nan_infinite_and_impossible_readings_go_to_the_dlq_and_never_clear_a_fa
 
 @pytest.mark.slow
 def test_sigterm_while_the_model_server_is_down_ends_the_transformer_within_its_stop_timeout(
-        serving_model, gcs_endpoint, kafka_bootstrap, mongodb_uri, unique, tmp_path):
+        serving_model, gcs_endpoint, kafka, unique, tmp_path):
     import signal
     import time
 
     server = ModelServer(serving_model, gcs_endpoint, tmp_path / "serve.log").wait_ready()
-    run = Run(unique, kafka_bootstrap, mongodb_uri, server)
+    run = Run(unique, kafka, server)
     run.env["FLEETPULSE_SCORE_STOP_TIMEOUT_S"] = "5"
     with open(tmp_path / "score.log", "w") as log:
         proc = run.start_score(until_idle=600, log=log)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from fleetpulse.clients import kafka_config
 from tests.serving.harness import N_CARS, Run, cars, failing_rows, healthy_rows, stream_and_kill
 
 
@@ -61,7 +62,7 @@ def stop(proc, tmp_path) -> dict:
 
 
 def committed(run: Run) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": run.kafka, "group.id": run.env["FLEETPULSE_SCORE_GROUP_ID"], "enable.auto.commit": False})
+    c = Consumer({**kafka_config(run.kafka), "group.id": run.env["FLEETPULSE_SCORE_GROUP_ID"], "enable.auto.commit": False})
     try:
         return {tp.partition: tp.offset for tp in c.committed([TopicPartition(run.topic, p) for p in range(3)], timeout=10)}
     finally:
@@ -74,8 +75,8 @@ def sensor_log(run: Run) -> list[tuple[str, int, int]]:
 
 
 def test_a_status_change_is_written_at_the_next_checkpoint_while_healthy_cars_wait_for_the_twin_interval(
-        model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+        model_server, kafka, unique, tmp_path):
+    run = Run(unique, kafka, model_server)
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "600", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.5"})
     rng = np.random.default_rng(11)
     ids = cars()
@@ -110,8 +111,8 @@ def test_a_status_change_is_written_at_the_next_checkpoint_while_healthy_cars_wa
     assert summary["twin_inserts"] == N_CARS
 
 
-def test_a_healthy_car_is_rewritten_at_least_every_twin_interval(model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+def test_a_healthy_car_is_rewritten_at_least_every_twin_interval(model_server, kafka, unique, tmp_path):
+    run = Run(unique, kafka, model_server)
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "2", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.5"})
     rng = np.random.default_rng(12)
     ids = cars()
@@ -157,8 +158,8 @@ def stream_checking_commits(run: Run, rng, seconds: float, failing_car: int = 7)
     return checks
 
 
-def test_no_committed_offset_runs_ahead_of_durable_twins(model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+def test_no_committed_offset_runs_ahead_of_durable_twins(model_server, kafka, unique, tmp_path):
+    run = Run(unique, kafka, model_server)
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "4", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3"})
     rng = np.random.default_rng(13)
     with scoring(run, tmp_path) as proc:
@@ -169,8 +170,8 @@ def test_no_committed_offset_runs_ahead_of_durable_twins(model_server, kafka_boo
 
 
 @pytest.mark.slow
-def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_server, kafka_bootstrap, mongodb_uri, unique, tmp_path):
-    run = Run(unique, kafka_bootstrap, mongodb_uri, model_server)
+def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_server, kafka, unique, tmp_path):
+    run = Run(unique, kafka, model_server)
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "30", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3"})
     rng = np.random.default_rng(14)
     with scoring(run, tmp_path) as proc:
@@ -190,9 +191,9 @@ def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_s
 
 
 @pytest.mark.slow
-def test_mongodb_killed_while_twins_are_deferred_loses_nothing(model_server, private_service, kafka_bootstrap, unique, tmp_path):
+def test_mongodb_killed_while_twins_are_deferred_loses_nothing(model_server, kafka, private_service, unique, tmp_path):
     mongo = private_service("mongodb")
-    run = Run(unique, kafka_bootstrap, mongo.endpoint["uri"], model_server)
+    run = Run(unique, kafka, model_server, mongodb=mongo.settings)
     run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "3"})
     summary = stream_and_kill(run, mongo.kill, mongo.start, tmp_path=tmp_path)
     assert summary["retries"].get("mongodb", 0) > 0
