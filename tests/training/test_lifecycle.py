@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -199,6 +200,61 @@ def test_each_decision_is_one_sentence_without_json(life):
     assert out.stdout.splitlines() == [f"{MODEL} version {candidate} promoted over version {stable}: not worse on 50 car-hours: "
                                        f"recall 1.000 on 20 failures (stable 1.000), 0.00 false alerts per 1,000 car-hours (stable 0.00)"]
     assert "deciding on car-anomaly" in out.stderr
+
+
+def test_the_loop_decides_once_the_trial_has_filled_serves_its_probes_and_ends_on_sigterm(life):
+    import queue
+    import signal
+    import urllib.request
+
+    from devtools.stack.process import free_port
+
+    stable, candidate = life.release(STABLE_THRESHOLD), life.release(1.0)
+    batches = shadow_batches(stable, candidate, 1.0)
+    half = len(batches) // 2
+    life.produce(life.shadow_topic, batches[:half])  # 25 car-hours: below the 40 the rule needs
+    port = free_port()
+    env = {**os.environ, "FLEETPULSE_DECIDE_GCS_ENDPOINT": life.gcs_endpoint, "FLEETPULSE_DECIDE_METRICS_PORT": str(port)}
+    proc = subprocess.Popen([FP, "models", "decide", "--interval", "0.5", "--min-car-hours", "40", "--bucket", life.bucket,
+                             "--kafka-bootstrap-servers", life.kafka, "--shadow-topic", life.shadow_topic, "--truth-topic",
+                             life.truth_topic, "--alerts-topic", life.alerts_topic],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    for stream, name in ((proc.stdout, "out"), (proc.stderr, "err")):
+        threading.Thread(target=lambda st=stream, n=name: [lines.put((n, line.rstrip())) for line in st], daemon=True).start()
+
+    def next_line(where: str, containing: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                n, line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if n == where and containing in line:
+                return line
+        raise AssertionError(f"no {where} line with {containing!r} within {timeout:.0f} s")
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        # Waiting is progress (stderr); what the loop read once it does not read again.
+        assert "25.0 of 40 shadow car-hours" in next_line("err", "in shadow, waiting")
+        assert get("/readyz")[0] == 200 and get("/healthz")[0] == 200
+        life.produce(life.shadow_topic, batches[half:])
+        assert next_line("out", "promoted").startswith(f"{MODEL} version {candidate} promoted over version {stable}: "
+                                                       "not worse on 50 car-hours")  # fmt: skip
+        assert 'fleetpulse_decider_decisions_total{action="promote",applied="true"} 1.0' in get("/metrics")[1]
+        assert (life.channels().stable, life.channels().candidate) == (candidate, None)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 class RacingDecider(lifecycle.Decider):
