@@ -1,5 +1,6 @@
 """`fleetpulse models decide` on the real stack (Kafka, fake-gcs): a trial's shadow batches, the
-simulator's ground truth and the alerts on unique topics; versions and channels in a unique bucket.
+simulator's ground truth and the alerts on unique topics (written and read as the operator, secured
+or not); versions and channels in a unique bucket.
 
 The shadow batches are what the transformer publishes for each micro-batch (fleetpulse.shadow): a
 fleet whose healthy readings score in [0, 1) and whose failing ones score >= 2 from their onset,
@@ -24,11 +25,13 @@ from confluent_kafka import Producer
 from components import lifecycle
 from fleetpulse import model_store
 from fleetpulse.alerts import alert_record, encode_alert
-from fleetpulse.clients import ensure_topics, gcs_client
+from devtools.stack import access
+from fleetpulse.clients import ensure_topics, gcs_client, kafka_config
 from fleetpulse.ground_truth import HEALTHY, TruthRecord
 from fleetpulse.hysteresis import FAILING, OK, WARNING
 from fleetpulse.model_store import ROLLED_BACK
 from fleetpulse.promotion import KEEP, PROMOTE, REJECT, ROLLBACK, WAIT, PromotionRule
+from fleetpulse.settings import KafkaConnection
 from fleetpulse.shadow import ShadowBatch, encode_shadow
 from fleetpulse.topics import ALERTS, GROUND_TRUTH, MODEL_SHADOW, TOPICS
 from simulator.truth_writer import TruthWriter
@@ -44,14 +47,14 @@ SENSOR_PARTITIONS = 3
 class Lifecycle:
     """One test's topics, bucket and versions, and the decider run against them."""
 
-    def __init__(self, kafka: str, gcs_endpoint: str, unique: str, tmp_path: Path):
+    def __init__(self, kafka: KafkaConnection, gcs_endpoint: str, unique: str, tmp_path: Path):
         self.kafka, self.gcs_endpoint = kafka, gcs_endpoint
         self.gcs = gcs_client(gcs_endpoint)
         self.bucket = f"fp-decide-{unique}"
         self.gcs.create_bucket(self.bucket)
         self.shadow_topic, self.truth_topic, self.alerts_topic = f"shadow-{unique}", f"truth-{unique}", f"alerts-{unique}"
-        ensure_topics(kafka, [replace(TOPICS[MODEL_SHADOW], name=self.shadow_topic), replace(TOPICS[GROUND_TRUTH], name=self.truth_topic),
-                              replace(TOPICS[ALERTS], name=self.alerts_topic)])  # fmt: skip
+        names = {MODEL_SHADOW: self.shadow_topic, GROUND_TRUTH: self.truth_topic, ALERTS: self.alerts_topic}
+        ensure_topics(kafka, [replace(TOPICS[spec], name=name) for spec, name in names.items()])
         self.saved = tmp_path / "saved"
         (self.saved / "variables").mkdir(parents=True)
         (self.saved / "saved_model.pb").write_bytes(b"metadata-only: the decider never opens a model")
@@ -67,31 +70,33 @@ class Lifecycle:
         return model_store.read_channels(self.gcs, self.bucket, MODEL)[0]
 
     def produce(self, topic: str, values: list[bytes], keys: list[bytes] | None = None) -> None:
-        producer = Producer({"bootstrap.servers": self.kafka, "linger.ms": 20})
+        producer = Producer(kafka_config(self.kafka, **{"linger.ms": 20}))
         for i, value in enumerate(values):
             producer.produce(topic, value=value, key=None if keys is None else keys[i])
         assert producer.flush(30) == 0
 
+    def env(self, **settings: str) -> dict[str, str]:
+        """The decider's environment: this stack's GCS, Kafka as the operator (the topics are the test's own)."""
+        return {**os.environ, **access.connection_env("DECIDE", self.kafka), "FLEETPULSE_DECIDE_GCS_ENDPOINT": self.gcs_endpoint,
+                **{f"FLEETPULSE_DECIDE_{k.upper()}": v for k, v in settings.items()}}  # fmt: skip
+
     def decide(self, *args: str) -> list[dict]:
         """`fleetpulse models decide --once --json`: the decisions, one dict each."""
-        env = {**os.environ, "FLEETPULSE_DECIDE_GCS_ENDPOINT": self.gcs_endpoint}
-        out = subprocess.run([FP, "models", "decide", "--once", "--json", "--bucket", self.bucket, "--kafka-bootstrap-servers", self.kafka,
-                              "--shadow-topic", self.shadow_topic, "--truth-topic", self.truth_topic, "--alerts-topic", self.alerts_topic,
-                              *args], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        out = subprocess.run([FP, "models", "decide", "--once", "--json", "--bucket", self.bucket, "--shadow-topic", self.shadow_topic,
+                              "--truth-topic", self.truth_topic, "--alerts-topic", self.alerts_topic, *args],
+                             capture_output=True, text=True, env=self.env(), timeout=120)  # fmt: skip
         assert out.returncode == 0, out.stderr
         return [json.loads(line) for line in out.stdout.splitlines()]
 
     def decider(self, rule: PromotionRule, cls: type[lifecycle.Decider] = lifecycle.Decider) -> lifecycle.Decider:
-        from fleetpulse.settings import KafkaConnection
-
         topics = [self.shadow_topic, self.truth_topic, self.alerts_topic]
-        reader = lifecycle.TopicReader(KafkaConnection(bootstrap_servers=self.kafka), topics, "fleetpulse-decider-test")
+        reader = lifecycle.TopicReader(self.kafka, topics, "fleetpulse-decider-test")
         return cls(reader, self.gcs, self.bucket, MODEL, *topics, rule=rule)
 
 
 @pytest.fixture
-def life(kafka_bootstrap, gcs_endpoint, unique, tmp_path) -> Lifecycle:
-    return Lifecycle(kafka_bootstrap, gcs_endpoint, unique, tmp_path)
+def life(kafka, gcs_endpoint, unique, tmp_path) -> Lifecycle:
+    return Lifecycle(kafka, gcs_endpoint, unique, tmp_path)
 
 
 # ---- the fleet in shadow ------------------------------------------------------------------------
@@ -191,14 +196,13 @@ def test_the_candidate_waits_while_its_shadow_has_fewer_car_hours_than_the_minim
 
 def test_each_decision_is_one_sentence_without_json(life):
     stable, candidate = start_trial(life, candidate_threshold=1.0)
-    env = {**os.environ, "FLEETPULSE_DECIDE_GCS_ENDPOINT": life.gcs_endpoint, "FLEETPULSE_DECIDE_KAFKA_BOOTSTRAP_SERVERS": life.kafka,
-           "FLEETPULSE_DECIDE_SHADOW_TOPIC": life.shadow_topic, "FLEETPULSE_DECIDE_TRUTH_TOPIC": life.truth_topic,
-           "FLEETPULSE_DECIDE_ALERTS_TOPIC": life.alerts_topic, "FLEETPULSE_DECIDE_BUCKET": life.bucket,
-           "FLEETPULSE_DECIDE_MIN_CAR_HOURS": "40"}  # fmt: skip
+    env = life.env(shadow_topic=life.shadow_topic, truth_topic=life.truth_topic, alerts_topic=life.alerts_topic, bucket=life.bucket,
+                   min_car_hours="40")
     out = subprocess.run([FP, "models", "decide", "--once"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [f"{MODEL} version {candidate} promoted over version {stable}: not worse on 50 car-hours: "
-                                       f"recall 1.000 on 20 failures (stable 1.000), 0.00 false alerts per 1,000 car-hours (stable 0.00)"]
+                                       "recall 1.000 on 20 failures (stable 1.000), "
+                                       "0.00 false alerts per 1,000 car-hours (stable 0.00)"]
     assert "deciding on car-anomaly" in out.stderr
 
 
@@ -214,11 +218,10 @@ def test_the_loop_decides_once_the_trial_has_filled_serves_its_probes_and_ends_o
     half = len(batches) // 2
     life.produce(life.shadow_topic, batches[:half])  # 25 car-hours: below the 40 the rule needs
     port = free_port()
-    env = {**os.environ, "FLEETPULSE_DECIDE_GCS_ENDPOINT": life.gcs_endpoint, "FLEETPULSE_DECIDE_METRICS_PORT": str(port)}
-    proc = subprocess.Popen([FP, "models", "decide", "--interval", "0.5", "--min-car-hours", "40", "--bucket", life.bucket,
-                             "--kafka-bootstrap-servers", life.kafka, "--shadow-topic", life.shadow_topic, "--truth-topic",
-                             life.truth_topic, "--alerts-topic", life.alerts_topic],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    args = ["--interval", "0.5", "--min-car-hours", "40", "--bucket", life.bucket, "--shadow-topic", life.shadow_topic,
+            "--truth-topic", life.truth_topic, "--alerts-topic", life.alerts_topic]
+    proc = subprocess.Popen([FP, "models", "decide", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=life.env(metrics_port=str(port)))
     lines: queue.Queue = queue.Queue()
     for stream, name in ((proc.stdout, "out"), (proc.stderr, "err")):
         threading.Thread(target=lambda st=stream, n=name: [lines.put((n, line.rstrip())) for line in st], daemon=True).start()
