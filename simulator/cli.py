@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from fleetpulse.clients import require_mqtt
-from fleetpulse.errors import FleetPulseError, SettingsError
+from fleetpulse.errors import SettingsError
 from fleetpulse.ground_truth import FAILURE_MODES
 from fleetpulse.settings import load_settings
 from fleetpulse.topics import GROUND_TRUTH
