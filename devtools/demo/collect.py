@@ -1,5 +1,7 @@
 """Read back what the run wrote to Kafka: offsets, event logs, alert records, ground truth; and the
-alerting status at every event, rebuilt from the alert records (fleetpulse.evaluation scores it)."""
+alerting status at every event, rebuilt from the alert records (fleetpulse.evaluation scores it).
+
+The reader is the operator (``admin``): no service may read all of sensor-data, alerts and ground-truth."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetpulse.alerts import decode_alert
+from fleetpulse.clients import kafka_config
 from fleetpulse.framing import DecodeError
 from fleetpulse.ground_truth import TruthRecord
+from fleetpulse.settings import KafkaConnection
 
 
 @dataclass
@@ -25,36 +29,36 @@ class EventLog:
     ts_ms: np.ndarray  # int64
 
 
-def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+class Watermarks:
+    """High watermarks through one consumer for the whole run. A consumer per look-up (the demo looks
+    every 0.3 s while the bridge drains) would log in each time, SCRAM over TLS when secured, and one
+    closed before its login finished makes librdkafka print an authentication error."""
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fleetpulse-demo-probe-{uuid.uuid4().hex[:6]}"})
-    try:
-        md = consumer.list_topics(topic, timeout=10)
-        out = {}
-        for p in md.topics[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            out[p] = high
-        return out
-    finally:
-        consumer.close()
+    def __init__(self, kafka: KafkaConnection):
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer(kafka_config(kafka, **{"group.id": f"fleetpulse-demo-probe-{uuid.uuid4().hex[:6]}",
+                                                         "enable.auto.commit": False}))
+
+    def __call__(self, topic: str) -> dict[int, int]:
+        from confluent_kafka import TopicPartition
+
+        md = self._consumer.list_topics(topic, timeout=10)
+        return {p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.topics[topic].partitions}
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
-def read_range(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, int], with_values: bool = True):
+def read_range(kafka: KafkaConnection, topic: str, start: dict[int, int], end: dict[int, int], with_values: bool = True):
     """Yield message batches from ``start`` (inclusive) to ``end`` (exclusive) offsets per partition."""
     from confluent_kafka import Consumer, TopicPartition
 
     todo = {p: (start.get(p, 0), e) for p, e in end.items() if e > start.get(p, 0)}
     if not todo:
         return
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"fleetpulse-demo-reader-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-        }
-    )
+    consumer = Consumer(kafka_config(kafka, **{"group.id": f"fleetpulse-demo-reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
+                                               "fetch.max.bytes": 64 * 1024 * 1024}))
     consumer.assign([TopicPartition(topic, p, s) for p, (s, _) in todo.items()])
     remaining = dict(todo)
     deadline = time.monotonic() + 300
@@ -76,9 +80,9 @@ def read_range(bootstrap: str, topic: str, start: dict[int, int], end: dict[int,
         consumer.close()
 
 
-def event_log(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, int]) -> EventLog:
+def event_log(kafka: KafkaConnection, topic: str, start: dict[int, int], end: dict[int, int]) -> EventLog:
     cars, parts, offs, tss = [], [], [], []
-    for batch in read_range(bootstrap, topic, start, end):
+    for batch in read_range(kafka, topic, start, end):
         cars.extend(m.key().decode() for m in batch)
         parts.extend(m.partition() for m in batch)
         offs.extend(m.offset() for m in batch)
@@ -88,9 +92,9 @@ def event_log(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, 
     )
 
 
-def alerts(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, int]) -> list[dict]:
+def alerts(kafka: KafkaConnection, topic: str, start: dict[int, int], end: dict[int, int]) -> list[dict]:
     out = []
-    for batch in read_range(bootstrap, topic, start, end):
+    for batch in read_range(kafka, topic, start, end):
         for m in batch:
             try:
                 out.append(decode_alert(m.value()))
@@ -119,5 +123,5 @@ def alerting(log: EventLog, alerts: list[dict]) -> np.ndarray:
     return out
 
 
-def truth(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, int]) -> list[TruthRecord]:
-    return [TruthRecord.from_json(m.value()) for batch in read_range(bootstrap, topic, start, end) for m in batch]
+def truth(kafka: KafkaConnection, topic: str, start: dict[int, int], end: dict[int, int]) -> list[TruthRecord]:
+    return [TruthRecord.from_json(m.value()) for batch in read_range(kafka, topic, start, end) for m in batch]

@@ -15,13 +15,17 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fleetpulse import endpoints, evaluation
+from fleetpulse import evaluation
 from devtools.demo import collect, report
 from devtools.demo.processes import Children, StageFailed, wait_http_ok
-from devtools.stack import control
+from devtools.stack import access, control
 from devtools.stack.process import free_port
 from devtools.stack.settings import StackSettings
 from fleetpulse.topics import ALERTS, GROUND_TRUTH, SENSOR_DATA
+
+SIMULATOR_CONNECTIONS = 4
+"""MQTT connections the simulator opens: fewer than the cars, so it publishes as the fleet gateway
+(identity ``simulator``); with no more cars than this, each car connects, and logs in, as itself."""
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Demo:
         self.children = Children(params.out_dir / "logs")
         self.stages: dict[str, float] = {}
         self.run_id = uuid.uuid4().hex[:8]
-        self.bootstrap = endpoints.KAFKA_BOOTSTRAP
+        self.watermarks: collect.Watermarks | None = None  # from stack up on, as the operator
         for name in ("http_port", "grpc_port", "bridge_metrics_port", "score_metrics_port"):
             if not getattr(self.p, name):
                 setattr(self.p, name, free_port())
@@ -94,12 +98,22 @@ class Demo:
         finally:
             self.sampling = False
             self.children.stop_all()
+            if self.watermarks is not None:
+                self.watermarks.close()
             if not self.p.keep_stack:
                 control.down(self.stack_settings)
 
     # -- stages ---------------------------------------------------------------------------------
     def _stack_up(self) -> None:
-        control.up(self.stack_settings, progress=lambda msg: self.console.print(f"  {msg}", style="dim"))
+        # As many MQTT brokers as the stack runs already: fewer would stop the others' brokers.
+        control.up(self.stack_settings, mqtt_brokers=max(1, control.mqtt_broker_count(self.stack_settings)),
+                   progress=lambda msg: self.console.print(f"  {msg}", style="dim"))
+        # Secured or not as the stack came up: the stack's own helpers below do not look it up.
+        self.stack_settings = control.resolved(self.stack_settings)
+        # Every service runs as its own identity on the production topics; the demo's own reads and
+        # set-up (offsets, the event log, alerts, truth, twins) are the operator's.
+        self.kafka = access.kafka(self.stack_settings)
+        self.watermarks = collect.Watermarks(self.kafka)
         self._fresh_twins()
 
     def _fresh_twins(self) -> None:
@@ -112,7 +126,7 @@ class Demo:
         from devtools.stack.mongodb import FerretDBService
         from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
 
-        client = mongo_client(endpoints.MONGODB_URI)
+        client = mongo_client(access.mongodb_uri(self.stack_settings))
         try:
             client[TWIN_DATABASE].drop_collection(TWIN_COLLECTION)
         finally:
@@ -128,29 +142,42 @@ class Demo:
         env = {"FLEETPULSE_BRIDGE_QOS": "1", "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.p.bridge_metrics_port),
                "FLEETPULSE_BRIDGE_CLIENT_ID": f"fleetpulse-demo-bridge-{self.run_id}",
                "FLEETPULSE_BRIDGE_SHARE_GROUP": f"fleetpulse-demo-{self.run_id}",
-               "FLEETPULSE_BRIDGE_SESSION_EXPIRY_S": "0"}  # fmt: skip
+               "FLEETPULSE_BRIDGE_SESSION_EXPIRY_S": "0",
+               **access.kafka_env("BRIDGE", self.stack_settings, identity="bridge"),
+               **access.mqtt_env("BRIDGE", self.stack_settings, identity="bridge")}  # fmt: skip
         self.children.start("bridge", "bridge", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
 
     def _simulate(self, duration: float, seed: int, profile: str) -> dict:
-        before = collect.high_watermarks(self.bootstrap, SENSOR_DATA)
+        before = self.watermarks(SENSOR_DATA)
         t0 = int(time.time() * 1000)
         summary = self.children.run_json(
             f"simulate-{seed}",
             "simulate", "--cars", str(self.p.cars), "--rate", str(self.p.rate), "--duration", str(duration), "--seed", str(seed),
             "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "1",
-            "--profile", profile, "--json",
+            "--connections", str(SIMULATOR_CONNECTIONS), "--profile", profile, "--json", env=self._simulator_env(),
         )  # fmt: skip
         self._wait_bridge_idle()
         summary["window"] = {"from_ts": t0, "to_ts": int(time.time() * 1000), "start_offsets": before,
-                             "end_offsets": collect.high_watermarks(self.bootstrap, SENSOR_DATA)}  # fmt: skip
+                             "end_offsets": self.watermarks(SENSOR_DATA)}  # fmt: skip
         return summary
+
+    def _simulator_env(self) -> dict[str, str]:
+        env = {**access.kafka_env("SIMULATOR", self.stack_settings, identity="simulator"),
+               **access.mqtt_env("SIMULATOR", self.stack_settings, identity="simulator")}
+        if self.p.cars <= SIMULATOR_CONNECTIONS:
+            from simulator.car_model import car_id
+
+            cars_file = access.car_credentials_file(self.stack_settings, [car_id(i) for i in range(self.p.cars)])
+            if cars_file is not None:
+                env["FLEETPULSE_SIMULATOR_CAR_CREDENTIALS_FILE"] = str(cars_file)
+        return env
 
     def _wait_bridge_idle(self, quiet_s: float = 1.5, timeout: float = 60) -> None:
         """The simulator is done when it has published; wait until the bridge has forwarded it all."""
         last, since, deadline = None, time.monotonic(), time.monotonic() + timeout
         while time.monotonic() < deadline:
-            now = sum(collect.high_watermarks(self.bootstrap, SENSOR_DATA).values())
+            now = sum(self.watermarks(SENSOR_DATA).values())
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet_s:
@@ -161,7 +188,7 @@ class Demo:
         w = train_sim["window"]
         return self.children.run_json(
             "train", "train", "--model", self.p.model, "--epochs", str(self.p.epochs), "--min-f1", str(self.p.min_f1), "--json",
-            "--from-ts", str(w["from_ts"]), "--to-ts", str(w["to_ts"]),
+            "--from-ts", str(w["from_ts"]), "--to-ts", str(w["to_ts"]), env=access.kafka_env("TRAIN", self.stack_settings, identity="training"),
         )  # fmt: skip
 
     def _start_server(self) -> None:
@@ -171,14 +198,19 @@ class Demo:
     def _start_scorer(self) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
-        self.start_offsets = {t: collect.high_watermarks(self.bootstrap, t) for t in (SENSOR_DATA, ALERTS, GROUND_TRUTH)}
-        self.group = f"fleetpulse-demo-{self.run_id}"
+        from fleetpulse.clients import kafka_config
+
+        self.start_offsets = {t: self.watermarks(t) for t in (SENSOR_DATA, ALERTS, GROUND_TRUTH)}
+        # Under the prefix the transformer's principal may join (devtools/stack/rights.py).
+        self.group = f"fleetpulse-transformer-demo-{self.run_id}"
         # Position the new group exactly at the start of the detection stretch before the scorer joins.
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False})
+        c = Consumer(kafka_config(self.kafka, **{"group.id": self.group, "enable.auto.commit": False}))
         c.commit(offsets=[TopicPartition(SENSOR_DATA, p, o) for p, o in self.start_offsets[SENSOR_DATA].items()], asynchronous=False)
         c.close()
         env = {"FLEETPULSE_SCORE_GROUP_ID": self.group, "FLEETPULSE_SCORE_MODEL_GRPC": f"127.0.0.1:{self.p.grpc_port}",
-               "FLEETPULSE_SCORE_MODEL_NAME": self.p.model_name, "FLEETPULSE_SCORE_METRICS_PORT": str(self.p.score_metrics_port)}  # fmt: skip
+               "FLEETPULSE_SCORE_MODEL_NAME": self.p.model_name, "FLEETPULSE_SCORE_METRICS_PORT": str(self.p.score_metrics_port),
+               **access.kafka_env("SCORE", self.stack_settings, identity="transformer"),
+               **access.mongodb_env("SCORE", self.stack_settings, identity="transformer")}  # fmt: skip
         self.children.start("score", "score", "--until-idle", str(self.p.idle_s), "--json", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.score_metrics_port}/metrics", 90, alive=lambda: self.children.check_alive("score"))
         self.t_detect_start = time.time()
@@ -198,7 +230,7 @@ class Demo:
 
     def _drain(self) -> dict:
         proc = self.children.procs["score"]
-        end = collect.high_watermarks(self.bootstrap, SENSOR_DATA)
+        end = self.watermarks(SENSOR_DATA)
         total = sum(end.values()) - sum(self.start_offsets[SENSOR_DATA].values())
         with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console) as bar:
             task = bar.add_task("score", total=total)
@@ -230,11 +262,11 @@ class Demo:
         return getattr(self, "_last_scored", 0)
 
     def _collect(self, trained: dict, live_sim: dict, scored: dict) -> dict:
-        end = {t: collect.high_watermarks(self.bootstrap, t) for t in (SENSOR_DATA, ALERTS, GROUND_TRUTH)}
+        end = {t: self.watermarks(t) for t in (SENSOR_DATA, ALERTS, GROUND_TRUTH)}
         start = self.start_offsets
-        log = collect.event_log(self.bootstrap, SENSOR_DATA, start[SENSOR_DATA], end[SENSOR_DATA])
-        alerts = collect.alerts(self.bootstrap, ALERTS, start[ALERTS], end[ALERTS])
-        truth = collect.truth(self.bootstrap, GROUND_TRUTH, start[GROUND_TRUTH], end[GROUND_TRUTH])
+        log = collect.event_log(self.kafka, SENSOR_DATA, start[SENSOR_DATA], end[SENSOR_DATA])
+        alerts = collect.alerts(self.kafka, ALERTS, start[ALERTS], end[ALERTS])
+        truth = collect.truth(self.kafka, GROUND_TRUTH, start[GROUND_TRUTH], end[GROUND_TRUTH])
         ev = evaluation.quality(collect.alerting(log, alerts), evaluation.label(log.car, log.ts_ms, truth))
         cars = sorted(set(log.car.tolist()))
         twins = self._count_twins(cars)
@@ -263,7 +295,7 @@ class Demo:
         from fleetpulse.clients import mongo_client
         from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
 
-        client = mongo_client(endpoints.MONGODB_URI)
+        client = mongo_client(access.mongodb_uri(self.stack_settings))
         try:
             coll = client[TWIN_DATABASE][TWIN_COLLECTION]
             # One scan, filtered here: FerretDB (SQLite) runs every count with `$in` as a full table
@@ -286,7 +318,7 @@ class Demo:
         healthy = [c for c, h in histories.items() if all(r.mode == HEALTHY for r in h)][:2]
         wanted = set(failing + healthy)
         payloads: dict[str, list[bytes]] = {c: [] for c in wanted}
-        for batch in collect.read_range(self.bootstrap, SENSOR_DATA, self.start_offsets[SENSOR_DATA], end[SENSOR_DATA]):
+        for batch in collect.read_range(self.kafka, SENSOR_DATA, self.start_offsets[SENSOR_DATA], end[SENSOR_DATA]):
             for m in batch:
                 car = m.key().decode()
                 if car in wanted:
