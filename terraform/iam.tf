@@ -1,7 +1,9 @@
-# Google service accounts for the two workloads that touch the model bucket, each bound through
-# Workload Identity to one Kubernetes service account:
-#   model server  <namespace>/model-server                         reads models
-#   pipeline      <pipeline_namespace>/<pipeline_service_account>  publishes new versions
+# Google service accounts for the workloads that touch the model bucket, bound through Workload
+# Identity to Kubernetes service accounts:
+#   model server  <namespace>/model-server                              reads models
+#   transformer   <namespace>/transformer                               reads model metadata (drift references)
+#   pipeline      <pipeline_namespace>/<pipeline_service_account>        publishes new versions
+#   decider       <namespace>/model-decider                             reads models, rewrites channels.json (promote, reject, rollback)
 # The pipeline's is FleetPulse's own service account in the pipeline namespace (kubernetes.tf), not
 # KFP's shared pipeline-runner, so other pipelines' runs get no rights on the bucket.
 resource "google_service_account" "model_server" {
@@ -81,4 +83,52 @@ resource "google_service_account_iam_member" "pipeline_workload_identity" {
   service_account_id = google_service_account.pipeline.name
   role               = "roles/iam.workloadIdentityUser"
   member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.pipeline_namespace}/${var.pipeline_service_account}]"
+}
+
+# The transformer reads each served version's metadata.json (its drift reference), nothing else.
+resource "google_service_account" "transformer" {
+  account_id   = "fleetpulse-transformer"
+  display_name = "FleetPulse transformer (reads model metadata in gs://${var.model_bucket})"
+}
+
+resource "google_storage_bucket_iam_member" "transformer_reads_models" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.transformer.email}"
+}
+
+resource "google_service_account_iam_member" "transformer_workload_identity" {
+  service_account_id = google_service_account.transformer.name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.namespace}/transformer]"
+}
+
+# The promotion decider (fleetpulse models decide) moves channels: it reads every version and rewrites
+# channels.json, and creates and deletes nothing else.
+resource "google_service_account" "decider" {
+  account_id   = "fleetpulse-model-decider"
+  display_name = "FleetPulse model decider (rewrites gs://${var.model_bucket}/${var.model_name}/channels.json)"
+}
+
+resource "google_storage_bucket_iam_member" "decider_reads_models" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.decider.email}"
+}
+
+resource "google_storage_bucket_iam_member" "decider_updates_channels" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectUser"
+  member = "serviceAccount:${google_service_account.decider.email}"
+  condition {
+    title       = "channels-object-only"
+    description = "Rewrite gs://${var.model_bucket}/${var.model_name}/channels.json only."
+    expression  = "resource.name == \"${local.model_objects}channels.json\""
+  }
+}
+
+resource "google_service_account_iam_member" "decider_workload_identity" {
+  service_account_id = google_service_account.decider.name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.namespace}/model-decider]"
 }

@@ -37,3 +37,13 @@ output "pipeline_service_account" {
   description = "Kubernetes service account the pipeline submitter names for FleetPulse's runs (PIPELINE_SERVICE_ACCOUNT)."
   value       = kubernetes_service_account.pipeline.metadata[0].name
 }
+
+output "transformer_gsa_email" {
+  description = "Annotate the transformer's Kubernetes service account with this (overlays/gke/workload-identity.yaml)."
+  value       = google_service_account.transformer.email
+}
+
+output "decider_gsa_email" {
+  description = "Annotate the model-decider's Kubernetes service account with this (overlays/gke/workload-identity.yaml)."
+  value       = google_service_account.decider.email
+}
