@@ -4,7 +4,8 @@ Kept from the original (HiveMQ avro-car-sensor-simulator, the source of car-sens
 and sample: speed follows throttle with inertia 0.8 towards throttle x 38.9 m/s; intake air flow =
 4 x speed; battery voltage = 180 + 80 x charge fraction; current draw = throttle x (|260 - voltage| + 5);
 engine vibration = 100 x speed; tyres 30-34 psi; accelerometers 0-1 (2-3 on a road bump, ~5% of
-samples); firmware 2000; coolant = 0.8 x (intake air temp + U(0, 20)) + 0.1 x current draw.
+samples); firmware 2000 (another value on cars an over-the-air rollout reached, simulator/ota.py);
+coolant = 0.8 x (intake air temp + U(0, 20)) + 0.1 x current draw.
 
 Fixed: the charge fraction drains with distance inside [0, 1] (cars stop to fast-charge below 5%, to 55-65%, as fleets on shift do),
 and coolant is computed from the formula each sample instead of accumulating without bound.
@@ -35,6 +36,7 @@ import numpy as np
 from fleetpulse.contract import N_FEATURES
 from simulator import failures as fm
 from simulator.failures import FailurePlan
+from simulator.ota import OtaPlan
 from simulator.profiles import DEFAULT, Profile
 from simulator.sensor_layer import SensorLayer, Sensors
 
@@ -71,8 +73,9 @@ class CarBlock:
     """State of cars [first, first + n) and one vectorised step of all of them."""
 
     def __init__(self, index: int, first: int, n: int, seed: int, plan: FailurePlan, sample_interval_s: float, ramp_s: float = 0.0,
-                 profile: Profile = DEFAULT, sensors: SensorLayer | None = None):
+                 profile: Profile = DEFAULT, sensors: SensorLayer | None = None, ota: OtaPlan | None = None):
         self.index, self.first, self.n = index, first, n
+        self.ota = ota
         self.dt = float(sample_interval_s)
         self.ramp_s = float(ramp_s)
         self.plan = plan
@@ -134,7 +137,7 @@ class CarBlock:
         out[:, THROTTLE] = self.throttle
         out[:, TIRES] = self._tires(tires, failed_tire, sev["tire_pressure_loss"])
         out[:, ACCEL] = self._accelerometers(accel, bump, shock_u, sev["shock_absorber"])
-        out[:, FIRMWARE] = np.where(sev["outdated_firmware"] > 0, fm.OUTDATED_FIRMWARE, fm.CURRENT_FIRMWARE)
+        out[:, FIRMWARE] = np.where(sev["outdated_firmware"] > 0, fm.OUTDATED_FIRMWARE, self._firmware())
         if self.sensors is not None:
             out = self.sensors.read(out)
         step = Step(out, self.seq, onsets, severity)
@@ -180,6 +183,11 @@ class CarBlock:
         severity = np.where(firmware & active, 1.0, severity)
         return severity, np.flatnonzero(since == 0)
 
+    def _firmware(self) -> np.ndarray | int:
+        if self.ota is None:
+            return fm.CURRENT_FIRMWARE
+        return np.where(self.ota.updated(self.seq), self.ota.firmware, fm.CURRENT_FIRMWARE)
+
     def _tires(self, tires, failed_tire, sev) -> np.ndarray:
         out = tires.astype(np.float64)
         rows = np.flatnonzero(sev > 0)
@@ -203,14 +211,15 @@ class CarBlock:
 
 
 def make_blocks(n_cars: int, seed: int, plan: FailurePlan, sample_interval_s: float, ramp_s: float = 0.0, only=None,
-                profile: Profile = DEFAULT, sensors: SensorLayer | None = None) -> list[CarBlock]:
+                profile: Profile = DEFAULT, sensors: SensorLayer | None = None, ota: OtaPlan | None = None) -> list[CarBlock]:
     """The fleet as fixed blocks; ``only`` (a set of block indices) builds a worker's share."""
     blocks = []
     for index, first in enumerate(range(0, n_cars, BLOCK_CARS)):
         if only is not None and index not in only:
             continue
         n = min(BLOCK_CARS, n_cars - first)
-        blocks.append(CarBlock(index, first, n, seed, plan.slice(first, first + n), sample_interval_s, ramp_s, profile, sensors))
+        blocks.append(CarBlock(index, first, n, seed, plan.slice(first, first + n), sample_interval_s, ramp_s, profile, sensors,
+                               ota.slice(first, first + n) if ota is not None else None))
     return blocks
 
 

@@ -16,6 +16,7 @@ from fleetpulse.ground_truth import FAILURE_MODES
 from fleetpulse.settings import load_settings
 from fleetpulse.topics import GROUND_TRUTH
 from simulator.csv_source import DEFAULT_CSV
+from simulator.ota import Rollout
 from simulator.profiles import PROFILES
 from simulator.runner import RunConfig, Sink, auto_workers, make_plan, missing_car_credentials, run_in_process, run_processes
 from simulator.sensor_layer import SensorLayer
@@ -111,6 +112,7 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
         "source": cfg.source,
         "profile": cfg.profile,
         "sensors": asdict(cfg.sensors),
+        "ota": asdict(cfg.ota) if cfg.ota is not None else None,
         "rate": cfg.rate,
         "sample_interval_s": cfg.sample_interval,
         "seed": cfg.seed,
@@ -137,6 +139,11 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
 @click.option("--sensor-noise", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Gaussian sensor noise, in multiples of a typical sensor's (simulator/sensor_layer.py).")
 @click.option("--quantise", is_flag=True, help="Report readings in sensor steps (integer C and km/h, 1% charge, ...).")
 @click.option("--stuck-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Chance per car and reading that one sensor repeats its last report.")
+@click.option("--ota-firmware", type=click.IntRange(min=1), default=None,
+              help="Roll out this control_unit_firmware over the air (a healthy change; ground truth unchanged).")
+@click.option("--ota-start-s", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Seconds into the run (at --rate) the rollout starts.")
+@click.option("--ota-ramp-s", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Seconds over which the updated share grows linearly to --ota-share.")
+@click.option("--ota-share", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Share of the fleet updated once the ramp is over.")
 @click.option("--truth-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write ground truth as JSON Lines here.")
 @click.option("--truth-topic", default=GROUND_TRUTH, show_default=True, help="Kafka topic for ground truth ('' = none).")
 @click.option("--mqtt-brokers", help="host:port[,host:port...]; cars spread over them [env FLEETPULSE_SIMULATOR_MQTT_BROKERS].")
@@ -147,11 +154,13 @@ def summarise(cfg: RunConfig, results: list[dict], plan, wall_s: float, truth_re
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def simulate(cars, rate, duration, seed, failures, connections, qos, source, csv_path, sample_interval, ramp_s, profile, sensor_noise,
-             quantise, stuck_rate, truth_file, truth_topic, mqtt_brokers, kafka_bootstrap_servers, workers, keepalive, metrics, quiet, as_json):
+             quantise, stuck_rate, ota_firmware, ota_start_s, ota_ramp_s, ota_share, truth_file, truth_topic, mqtt_brokers,
+             kafka_bootstrap_servers, workers, keepalive, metrics, quiet, as_json):
     """Publish one cardata-v1 record per car every 1/RATE s on vehicles/sensor/data/<car-id>.
 
     A fraction of cars (--failures) develops one failure mode at a random onset; ground truth goes to
-    Kafka (--truth-topic) and --truth-file, never into the MQTT payload.
+    Kafka (--truth-topic) and --truth-file, never into the MQTT payload. --ota-firmware rolls a new
+    firmware out to a growing share of the fleet, a healthy change that ground truth does not mark.
 
     Identities and TLS come from the environment, never from flags: with --connections = --cars each
     car logs in as itself from FLEETPULSE_SIMULATOR_CAR_CREDENTIALS_FILE (`fleetpulse stack provision`
@@ -167,13 +176,14 @@ def simulate(cars, rate, duration, seed, failures, connections, qos, source, csv
             raise click.BadParameter(f"{csv_path} does not exist", param_hint="--csv")
         if profile != "default" or sensors.active:
             raise click.BadParameter("a CSV replay has its own cars and sensors", param_hint="--profile/--sensor-noise/--quantise/--stuck-rate")
+    ota = _rollout(ota_firmware, ota_start_s, ota_ramp_s, ota_share, rate, source)
     connections = min(connections, cars)
     mqtt = settings.mqtt
     mqtt.ssl_context()  # an unreadable CA file is one line here, not a traceback in every worker
     cfg = RunConfig(
         cars=cars, rate=rate, duration=duration, seed=seed, failures=failures, connections=connections, qos=int(qos),
         source=source, csv_path=str(csv_path) if csv_path else None, sample_interval=sample_interval, ramp_s=ramp_s,
-        profile=profile, sensors=sensors, brokers=mqtt.endpoints, keepalive=keepalive, workers=workers or auto_workers(cars, connections),
+        profile=profile, sensors=sensors, ota=ota, brokers=mqtt.endpoints, keepalive=keepalive, workers=workers or auto_workers(cars, connections),
         tls=mqtt.tls, ca_file=mqtt.ca_file, gateway=(mqtt.username, mqtt.password) if mqtt.username else None,
         car_credentials_file=str(settings.car_credentials_file) if settings.car_credentials_file else None,
     )
@@ -203,6 +213,18 @@ def simulate(cars, rate, duration, seed, failures, connections, qos, source, csv
         click.echo(_human(summary))
 
 
+def _rollout(firmware: int | None, start_s: float, ramp_s: float, share: float, rate: float, source: str) -> Rollout | None:
+    """The rollout in events of a car: its times are the run's schedule, so a rerun updates the same events."""
+    if firmware is None:
+        return None
+    if source == "csv":
+        raise click.BadParameter("a CSV replay has its own firmware values", param_hint="--ota-firmware")
+    try:
+        return Rollout(firmware, round(start_s * rate), round(ramp_s * rate), share)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ota-firmware") from None
+
+
 def _human(s: dict) -> str:
     failing = ", ".join(f"{m} {n}" for m, n in s["failing_cars"].items() if n) or "none"
     return (
@@ -210,4 +232,5 @@ def _human(s: dict) -> str:
         f"({s['events_per_s']:,.0f} ev/s, {s['car_hours']:,.1f} car-hours) over {s['connections']:,} connections at QoS {s['qos']}; "
         f"errors {s['errors']:,}, not routed (published again) {s['not_routed']:,}, reconnects {s['reconnects']}, rss {s['rss_mb']:.0f} MB; failing cars: {failing}; "
         f"truth records {s['truth_records']:,}"
+        + (f"; OTA firmware {s['ota']['firmware']} from event {s['ota']['start_seq']}" if s["ota"] else "")
     )

@@ -35,6 +35,7 @@ from simulator.car_model import block_count, car_id, make_blocks
 from simulator.csv_source import make_csv_blocks
 from simulator.failures import FailurePlan, plan_failures
 from simulator.mqtt_publisher import Connection, Endpoint, Pool, PublishStats
+from simulator.ota import Rollout, plan_ota
 from simulator.profiles import get as get_profile
 from simulator.sensor_layer import SensorLayer
 
@@ -59,6 +60,7 @@ class RunConfig:
     ramp_s: float = 0.0
     profile: str = "default"
     sensors: SensorLayer = field(default_factory=SensorLayer)
+    ota: Rollout | None = None
     brokers: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 11883)])
     keepalive: int = 60
     workers: int = 1
@@ -176,7 +178,8 @@ class Worker:
             self.blocks = make_csv_blocks(cfg.cars, Path(cfg.csv_path), only=own)
         else:
             self.blocks = make_blocks(cfg.cars, cfg.seed, self.plan, cfg.sample_interval, cfg.ramp_s, only=own,
-                                      profile=get_profile(cfg.profile), sensors=cfg.sensors)
+                                      profile=get_profile(cfg.profile), sensors=cfg.sensors,
+                                      ota=plan_ota(cfg.cars, cfg.ota, cfg.seed) if cfg.ota is not None else None)
         self.stats = PublishStats()
         self.layout = Layout(cfg, worker, self.blocks, self.stats)
         self.builder = PublishBuilder([topic_for_car(car_id(i)) for i in range(cfg.cars)], protocol=MQTT_5)
