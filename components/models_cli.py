@@ -199,3 +199,99 @@ def decide(model_name, bucket, once, interval_s, shadow_topic, truth_topic, aler
             pass
         finally:
             reader.close()
+
+
+@models.command()
+@click.option("--once", is_flag=True, help="Handle the requests the topic holds now, print each outcome and exit.")
+@click.option("--requests-topic", default=None, help="Overrides FLEETPULSE_RETRAIN_REQUESTS_TOPIC (model-requests).")
+@click.option("--topic", default=None, help="Sensor data to train on. Overrides FLEETPULSE_RETRAIN_TOPIC (sensor-data).")
+@click.option("--truth-topic", default=None, help="Labels to evaluate on. Overrides FLEETPULSE_RETRAIN_TRUTH_TOPIC (ground-truth).")
+@click.option("--window-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Train on the last this many minutes of sensor data. [default: FLEETPULSE_RETRAIN_WINDOW_MINUTES, else 60]")
+@click.option("--max-age", "max_age_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds after which a request is ignored. [default: FLEETPULSE_RETRAIN_MAX_AGE_S, else 3600]")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="Overrides FLEETPULSE_RETRAIN_EPOCHS (20).")
+@click.option("--min-f1", type=click.FloatRange(0, 1), default=None, help="The pipeline's gate. Overrides FLEETPULSE_RETRAIN_MIN_F1.")
+@click.option("--kfp-host", default=None,
+              help="Submit a KFP run of the compiled pipeline to this API instead of training here. Overrides FLEETPULSE_RETRAIN_KFP_HOST.")
+@click.option("--group-id", default=None, help="Overrides FLEETPULSE_RETRAIN_GROUP_ID (fleetpulse-train-requests).")
+@click.option("--kafka-bootstrap-servers", default=None, help="Overrides FLEETPULSE_RETRAIN_KAFKA_BOOTSTRAP_SERVERS.")
+@click.option("--bucket", default=None, help="Overrides FLEETPULSE_RETRAIN_BUCKET.")
+@click.option("--json", "as_json", is_flag=True, help="Each outcome as one JSON line instead of a sentence.")
+def retrain(once, requests_topic, topic, truth_topic, window_minutes, max_age_s, epochs, min_f1, kfp_host, group_id,
+            kafka_bootstrap_servers, bucket, as_json) -> None:
+    """Retrain on recent data when model-requests asks (drift): the new version goes out as the candidate.
+
+    \b
+    Each request is acted on once per drifted model version, and not at all when a newer version
+    already exists or the request is older than --max-age. Acting is training on the last
+    --window-minutes of sensor data: here (the steps of `fleetpulse train --runner direct`, logged
+    in as FLEETPULSE_TRAIN_KAFKA_*), or with --kfp-host a KFP run of FLEETPULSE_RETRAIN_PIPELINE_PACKAGE
+    with FLEETPULSE_RETRAIN_PIPELINE_ARGUMENTS. The pipeline publishes a version that passes its gate
+    as the candidate; `fleetpulse models decide` judges it. One line per request on stdout. The
+    requests are read as FLEETPULSE_RETRAIN_KAFKA_USERNAME (training) in the group
+    fleetpulse-train-requests, whose committed offsets say what was handled.
+    """
+    import signal
+    import threading
+
+    from components import lifecycle, retrain as loop
+    from components.publish import gcs_bucket
+    from components.settings import RetrainSettings
+    from fleetpulse.clients import require_kafka
+    from fleetpulse.errors import BrokerUnavailable
+    from fleetpulse.settings import load_settings
+
+    settings = load_settings(RetrainSettings, requests_topic=requests_topic, topic=topic, truth_topic=truth_topic,
+                             window_minutes=window_minutes, max_age_s=max_age_s, epochs=epochs, min_f1=min_f1,
+                             kfp_host=kfp_host, group_id=group_id, kafka_bootstrap_servers=kafka_bootstrap_servers,
+                             bucket=bucket)  # fmt: skip
+    kafka = settings.kafka
+    if kafka.authenticated:
+        require_kafka(kafka, topics=[settings.requests_topic], groups=[settings.group_id])
+    else:
+        require_kafka(kafka)
+
+    def progress(message: str) -> None:
+        click.echo(f"  {message}", err=True)
+
+    action = loop.submit_to_kfp(settings, progress) if settings.kfp_host else loop.train_in_process(settings, progress)
+    stop = threading.Event()
+    health = None
+    if not once:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # Training here takes minutes and is one step; a KFP submission takes seconds.
+        health = lifecycle.Health(stuck_after_s=max(3 * settings.interval_s, 120.0) if settings.kfp_host else 4 * 3600.0)
+        if settings.metrics_port:
+            from fleetpulse.probes import serve_probes
+
+            serve_probes(settings.metrics_port, health.live, health.ready, name="retrain")
+    failed = False
+    with gcs_bucket(settings.bucket, settings.gcs_endpoint) as client:
+        reader = loop.RequestReader(kafka, settings.requests_topic, settings.group_id)
+        retrainer = loop.Retrainer(reader, client, settings, action)
+        where = f"KFP at {settings.kfp_host}" if settings.kfp_host else "this process"
+        progress(f"retraining on requests from {settings.requests_topic} on {kafka.bootstrap_servers} in {where}, "
+                 f"the last {settings.window_minutes:g} min of {settings.topic}, models in gs://{settings.bucket}/")
+        try:
+            while True:
+                try:
+                    outcomes, error = retrainer.step(), None
+                except BrokerUnavailable as exc:
+                    if once:
+                        raise
+                    outcomes, error = [], str(exc)
+                    progress(f"{exc}; trying again in {settings.interval_s:g} s")
+                if health is not None:
+                    health.stepped(error)
+                for o in outcomes:
+                    failed |= o.outcome == loop.FAILED
+                    click.echo(json.dumps(o.as_dict(), separators=(",", ":")) if as_json else o.line())
+                if once or stop.wait(settings.interval_s):
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            reader.close()
+    if once and failed:
+        raise SystemExit(1)

@@ -63,3 +63,37 @@ class DecideSettings(KafkaClientSettings):
 
     def rule(self) -> PromotionRule:
         return PromotionRule(**{f.name: getattr(self, f.name) for f in fields(PromotionRule)})
+
+
+class RetrainSettings(KafkaClientSettings):
+    """`fleetpulse models retrain`: env prefix FLEETPULSE_RETRAIN_. Acts on model-requests by training
+    on the last ``window_minutes`` of ``topic``: in this process, or, with ``kfp_host``, as a KFP run of
+    the compiled pipeline."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEETPULSE_RETRAIN_", extra="ignore")
+
+    requests_topic: str = topics.MODEL_REQUESTS
+    group_id: str = "fleetpulse-train-requests"
+    """Its committed offsets are what was handled; on a secured Kafka the training principal may join
+    only groups under ``fleetpulse-train``."""
+    topic: str = topics.SENSOR_DATA
+    truth_topic: str = topics.GROUND_TRUTH
+    window_minutes: float = Field(60.0, gt=0)
+    """Train on this much of the newest sensor data: what the fleet looks like since the drift."""
+    max_age_s: float = Field(3600.0, gt=0)
+    """A request older than this is ignored: the stream it described is gone from the window."""
+    epochs: int = Field(20, ge=1)
+    min_f1: float = Field(MIN_F1, ge=0, le=1)
+    gcs_endpoint: str = endpoints.GCS_ENDPOINT  # empty = real GCS
+    bucket: str = endpoints.MODEL_BUCKET
+    interval_s: float = Field(10.0, gt=0)
+    """How long one poll of the requests topic waits in the loop."""
+    metrics_port: int = Field(0, ge=0, le=65535)
+    """/metrics, /healthz, /readyz on this port (0: none)."""
+    kfp_host: str = ""
+    """Empty: train in this process. Else the KFP API a run of ``pipeline_package`` is submitted to."""
+    pipeline_package: str = "kubeflow/pipeline.yaml"
+    pipeline_arguments: str = "{}"
+    """JSON object of run arguments (kafka_bootstrap, bucket, gcs_endpoint: the cluster's view)."""
+    kfp_experiment: str = "fleetpulse"
+    pipeline_service_account: str = ""
