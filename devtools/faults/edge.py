@@ -1,7 +1,7 @@
 """The edge rows of the fault matrix (#13): cars -> MQTT broker -> bridge -> Kafka.
 
-Each row function runs one fault against real servers (a private Mosquitto, the stack's Kafka or a
-private one when the row stops it, the bridge as a real process) and returns its row
+Each row function runs one fault against real servers (a private Mosquitto, the stack's Kafka as the
+operator, secured or not, or a private one when the row stops it, the bridge as a real process) and returns its row
 ``{fault, load, sent, acknowledged, in_kafka, in_twins, duplicates, lost, recovery_s}`` plus the
 row's own figures. Counts are exact: every message carries a sequence number
 (devtools.loadgen.bridge_load), ``acknowledged`` are those the broker sent a delivering PUBACK for
@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from devtools.loadgen import bridge_load as loadgen
+from devtools.stack import access
+from fleetpulse.settings import KafkaConnection
 from fleetpulse.topics import DLQ_BAD_CAR_ID, DLQ_KIND_HEADER, DLQ_ORIGINAL_SIZE_HEADER, DLQ_OVERSIZED, DLQ_UNDECODABLE
-from tests.support.bridge import BridgeProcess
+from tests.support.bridge import BridgeProcess, create_topics
 from tests.support.stack import PrivateService, stack_with, start_private
 
 CARS = 500
@@ -53,14 +55,21 @@ class Edge:
         self.servers: list[PrivateService] = []
         self.mqtt = self._private("mqtt")
         self.kafka = self._private("kafka") if private_kafka else None
-        self.bootstrap = self.kafka.address if self.kafka else stack_with("kafka")["kafka"]["bootstrap_servers"]
+        self.connection = self.kafka.connection if self.kafka else self._shared_kafka()
         self.topic, self.dlq = f"edge-{self.unique}", f"edge-dlq-{self.unique}"
+        create_topics(self.connection, self.topic, self.dlq)
         self.bridge = BridgeProcess(
-            self._dir("bridge"), kafka_bootstrap_servers=self.bootstrap, topic=self.topic, dlq_topic=self.dlq,
+            self._dir("bridge"), kafka=self.connection, topic=self.topic, dlq_topic=self.dlq,
             share_group=f"edge{self.unique}", client_id=f"edge-bridge-{self.unique}", mqtt_brokers=self.mqtt.address,
             **bridge_settings,
         )  # fmt: skip
         self.bridge.start()
+
+    @staticmethod
+    def _shared_kafka() -> KafkaConnection:
+        """The operator's connection to the stack's Kafka (secured or not): the row's topics are its own."""
+        stack_with("kafka")
+        return access.kafka()
 
     def _dir(self, name: str) -> Path:
         path = self.workdir / name
@@ -83,7 +92,7 @@ class Edge:
     def recovery(self, stream: "Stream", repaired_at: float, timeout_s: float = 300) -> float:
         """Seconds from ``repaired_at`` (wall clock) until Kafka holds as many records as were acknowledged then."""
         target = stream.acked
-        count, reached = loadgen.wait_for_count(self.bootstrap, self.topic, target, timeout_s)
+        count, reached = loadgen.wait_for_count(self.connection, self.topic, target, timeout_s)
         if count < target:
             raise TimeoutError(f"Kafka holds {count} of the {target} messages acknowledged at the repair after {timeout_s}s")
         return max(0.0, reached - repaired_at)
@@ -134,10 +143,10 @@ def numbered(n: int, prefix: str) -> list[bytes]:
     return loadgen.packets(loadgen.payloads(n), CARS, prefix, qos=1)
 
 
-def count_numbered(bootstrap: str, topic: str, n: int) -> dict:
+def count_numbered(kafka: KafkaConnection, topic: str, n: int) -> dict:
     """in_kafka / duplicates / lost for messages 0..n-1, all acknowledged; ``missing`` are the lost ones."""
-    held = loadgen.settled_count(bootstrap, topic)
-    seq = loadgen.sequence_numbers(loadgen.read_topic(bootstrap, topic, held, timeout_s=120, idle_s=1.0).values)
+    held = loadgen.settled_count(kafka, topic)
+    seq = loadgen.sequence_numbers(loadgen.read_topic(kafka, topic, held, timeout_s=120, idle_s=1.0).values)
     seq = seq[(seq >= 0) & (seq < n)]
     distinct = np.unique(seq)
     missing = np.setdiff1d(np.arange(n), distinct)
@@ -163,7 +172,7 @@ def bridge_kill9(rate: float = 5_000, seconds: float = 60) -> dict:
         repaired = time.time()
         recovery = e.recovery(stream, repaired)
         rep = stream.join()
-        counted = count_numbered(e.bootstrap, e.topic, n)
+        counted = count_numbered(e.connection, e.topic, n)
         resumed = "session present: True" in e.bridge.log()
     return row("kill -9 of the bridge", _load(rate, seconds), n, rep.acked, counted, recovery, session_resumed=resumed)
 
@@ -181,7 +190,7 @@ def kafka_down(rate: float = 5_000, seconds: float = 90, down_s: float = 60) -> 
         repaired = time.time()
         recovery = e.recovery(stream, repaired)
         rep = stream.join()
-        counted = count_numbered(e.bootstrap, e.topic, n)
+        counted = count_numbered(e.connection, e.topic, n)
         alive = e.bridge.proc.poll() is None
     return row(f"Kafka down {down_s:g} s, then back", _load(rate, seconds), n, rep.acked, counted, recovery,
                bridge_waited=alive, in_flight_while_down=int(held["fleetpulse_bridge_in_flight"]),
@@ -198,7 +207,7 @@ def mosquitto_restart(rate: float = 5_000, seconds: float = 60) -> dict:
         repaired = time.time()
         recovery = e.recovery(stream, repaired)
         rep = stream.join()
-        counted = count_numbered(e.bootstrap, e.topic, n)
+        counted = count_numbered(e.connection, e.topic, n)
         connects = e.bridge.metric("fleetpulse_bridge_mqtt_connects_total")
     return row("Mosquitto restart (clean)", _load(rate, seconds), n, rep.acked, counted, recovery,
                publisher_reconnects=rep.reconnects, not_routed=rep.not_routed, bridge_connects=int(connects))  # fmt: skip
@@ -234,7 +243,7 @@ def mosquitto_kill9(rate: float = 5_000, seconds: float = 60, backlog_s: float =
         repaired = time.time()
         recovery = e.recovery(stream, repaired)
         rep = stream.join()
-        counted = count_numbered(e.bootstrap, e.topic, n)
+        counted = count_numbered(e.connection, e.topic, n)
     sent_at = _sent_at(rep, n)
     unsaved = (sent_at >= (last_save or 0) - 1.0) & (sent_at <= killed)
     queued = (sent_at >= max(last_save or 0, bridge_down)) & (sent_at <= killed) if backlog_s else np.zeros(n, bool)
@@ -253,9 +262,9 @@ def poison(rate: float = 10_000, seconds: float = 60) -> dict:
         topics, bodies, expected = _poisoned(n, f"p{e.unique}")
         stream = Stream(e.mqtt.address, loadgen.publish_packets(topics, bodies), rate)
         rep = stream.join()
-        counted = count_numbered(e.bootstrap, e.topic, n)
+        counted = count_numbered(e.connection, e.topic, n)
         counted.pop("missing")
-        letters = loadgen.read_topic(e.bootstrap, e.dlq, sum(expected.values()), timeout_s=120, idle_s=2.0)
+        letters = loadgen.read_topic(e.connection, e.dlq, sum(expected.values()), timeout_s=120, idle_s=2.0)
         e.bridge.stop()
     found = Counter((k, v, h[DLQ_KIND_HEADER].decode(), int(h[DLQ_ORIGINAL_SIZE_HEADER])) for k, v, h in zip(letters.keys, letters.values, letters.headers))
     bad_lost, bad_dups = sum((expected - found).values()), sum((found - expected).values())

@@ -11,6 +11,7 @@ broker restart, reconnects and resends everything not yet acknowledged.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 import uuid
 from contextlib import contextmanager
@@ -20,8 +21,10 @@ import numpy as np
 
 from fleetpulse import mqtt_wire as wire
 from fleetpulse import readings
+from fleetpulse.clients import kafka_config
 from fleetpulse.codec import decode_batch, encode_batch
 from fleetpulse.contract import MQTT_TOPIC_PREFIX, N_FEATURES, SENSOR_FIELDS
+from fleetpulse.settings import KafkaConnection, MqttConnection
 from fleetpulse.topics import DLQ_NON_FINITE, DLQ_OUT_OF_RANGE
 from fleetpulse.retry import Backoff, retry
 
@@ -129,9 +132,11 @@ class Publisher:
     shared subscription) or a refusal leaves it in flight, and it is published again with backoff.
     """
 
-    def __init__(self, host: str, port: int, qos: int = 0, client_id: str | None = None, window: int = 900):
+    def __init__(self, host: str, port: int, qos: int = 0, client_id: str | None = None, window: int = 900,
+                 tls: ssl.SSLContext | None = None, username: str | None = None, password: str | None = None):
         self.host, self.port, self.qos = host, port, qos
         self.client_id = client_id or f"fleetpulse-loadgen-{uuid.uuid4().hex[:8]}"
+        self.tls, self.username, self.password = tls, username, password
         self.window = window  # Mosquitto's Receive Maximum is 1000 in our config; exceeding it is a protocol error
         self.sock: socket.socket | None = None
         self.report: PublishReport | None = None  # of the publish under way (other threads may watch it)
@@ -141,10 +146,20 @@ class Publisher:
         self._again_at = 0.0
         self._again_backoff = Backoff(initial=0.1, maximum=2.0)
 
+    @classmethod
+    def to(cls, conn: MqttConnection, qos: int = 0, broker: int = 0, **kw) -> "Publisher":
+        """A publisher to broker ``broker`` of ``conn``, with its TLS and login (on a secured stack, the
+        gateway ``simulator`` may publish any car's topic over one connection; a car only its own)."""
+        host, port = conn.endpoints[broker]
+        password = conn.password.get_secret_value() if conn.password else None
+        return cls(host, port, qos, tls=conn.ssl_context(), username=conn.username, password=password, **kw)
+
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(wire.connect_packet(self.client_id, protocol=wire.MQTT_5, keepalive_s=60))
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        sock.sendall(wire.connect_packet(self.client_id, protocol=wire.MQTT_5, keepalive_s=60, username=self.username, password=self.password))
         data, parsed = b"", wire.Parsed()
         while not parsed.control:
             chunk = sock.recv(4096)
@@ -279,9 +294,9 @@ def _packet_id(packet: bytes) -> int:
     return (packet[at] << 8) | packet[at + 1]
 
 
-def wait_for_count(bootstrap: str, topic: str, expected: int, timeout_s: float, poll_s: float = 0.2) -> tuple[int, float]:
+def wait_for_count(kafka: KafkaConnection, topic: str, expected: int, timeout_s: float, poll_s: float = 0.2) -> tuple[int, float]:
     """Poll end offsets until ``expected`` records are in ``topic``; return (count, wall clock when reached)."""
-    with _offsets(bootstrap) as count_of:
+    with _offsets(kafka) as count_of:
         deadline = time.monotonic() + timeout_s
         count = 0
         while time.monotonic() < deadline:
@@ -292,9 +307,9 @@ def wait_for_count(bootstrap: str, topic: str, expected: int, timeout_s: float, 
         return count, time.time()
 
 
-def settled_count(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: float = 300.0) -> int:
+def settled_count(kafka: KafkaConnection, topic: str, quiet_s: float = 3.0, timeout_s: float = 300.0) -> int:
     """The number of records in ``topic`` once it has stopped growing for ``quiet_s``."""
-    with _offsets(bootstrap) as count_of:
+    with _offsets(kafka) as count_of:
         deadline = time.monotonic() + timeout_s
         last, since = -1, time.monotonic()
         while time.monotonic() < deadline:
@@ -308,11 +323,11 @@ def settled_count(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: f
 
 
 @contextmanager
-def _offsets(bootstrap: str):
+def _offsets(kafka: KafkaConnection):
     """A function topic -> records in it (the sum of its partitions' end offsets)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"fleetpulse-count-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    c = Consumer(kafka_config(kafka, **{"group.id": f"fleetpulse-count-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}))
 
     def count_of(topic: str) -> int:
         meta = c.list_topics(topic, timeout=10).topics[topic]
@@ -333,19 +348,12 @@ class Records:
     received_at: list[float] = field(default_factory=list)
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, idle_s: float = 3.0) -> Records:
+def read_topic(kafka: KafkaConnection, topic: str, expected: int, timeout_s: float = 60.0, idle_s: float = 3.0) -> Records:
     """Read ``topic`` from the start until ``expected`` records, then until ``idle_s`` without new ones."""
     from confluent_kafka import Consumer
 
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"fleetpulse-read-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
+    c = Consumer(kafka_config(kafka, **{"group.id": f"fleetpulse-read-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
+                                        "enable.auto.commit": False, "fetch.wait.max.ms": 10}))
     out = Records()
     c.subscribe([topic])
     deadline = time.monotonic() + timeout_s

@@ -3,6 +3,8 @@
 Raw MQTT 3.1.1 on a blocking socket in a thread, so it keeps up with a 100k msg/s publisher where a
 paho on_message callback would not. It acks QoS 1 deliveries, can keep a persistent session
 (``clean=False``) and reconnects when the broker restarts, and dedups QoS 1 redeliveries by payload.
+On a secured broker it logs in on the plain loopback listener (``username``, ``password``: ``admin``, the
+one identity that may subscribe to every car's data).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from fleetpulse import mqtt_wire as wire
 
 class CountingSubscriber:
     def __init__(self, host: str, port: int, topic_filter: str = "vehicles/sensor/data/#", qos: int = 0,
-                 client_id: str | None = None, clean: bool = True, keep_payloads: bool = False):
+                 client_id: str | None = None, clean: bool = True, keep_payloads: bool = False,
+                 username: str | None = None, password: str | None = None):
         self.host, self.port, self.filter, self.qos = host, port, topic_filter, qos
+        self.username, self.password = username, password
         self.client_id = client_id or f"fleetpulse-counter-{time.time_ns() & 0xFFFFFFF:x}"
         self.clean, self.keep_payloads = clean, keep_payloads
         self.count = 0
@@ -59,7 +63,8 @@ class CountingSubscriber:
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=5)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.sendall(wire.connect_packet(self.client_id, protocol=wire.MQTT_3_1_1, keepalive_s=60, clean_start=self.clean))
+        sock.sendall(wire.connect_packet(self.client_id, protocol=wire.MQTT_3_1_1, keepalive_s=60, clean_start=self.clean,
+                                         username=self.username, password=self.password))
         sock.sendall(wire.subscribe_packet(1, self.filter, self.qos, protocol=wire.MQTT_3_1_1))
         sock.settimeout(0.2)
         return sock

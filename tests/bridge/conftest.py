@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.bridge import BridgeProcess
+from devtools.stack import access
+from fleetpulse.settings import KafkaConnection
+from tests.support.bridge import BridgeProcess, create_topics
 from tests.support.stack import private_servers, stack_with, start_private
 
 
@@ -15,14 +17,20 @@ def kafka_bootstrap() -> str:
     return stack_with("kafka")["kafka"]["bootstrap_servers"]
 
 
+@pytest.fixture(scope="session")
+def kafka(kafka_bootstrap) -> KafkaConnection:
+    """Overrides the shared fixture likewise: the operator's connection, once the stack's Kafka runs."""
+    return access.kafka()
+
+
 @pytest.fixture
-def bridge_process(tmp_path, kafka_bootstrap, unique):
-    """Factory for bridge subprocesses writing to ``bridge-<unique>`` topics; all stopped at teardown."""
+def bridge_process(tmp_path, kafka, unique):
+    """Factory for bridge subprocesses writing to ``bridge-<unique>`` topics (on the shared Kafka as the
+    operator, or on ``kafka=`` a private one's connection); all stopped at teardown."""
     procs: list[BridgeProcess] = []
 
-    def make(mqtt_brokers: str, **settings) -> BridgeProcess:
+    def make(mqtt_brokers: str, kafka: KafkaConnection = kafka, **settings) -> BridgeProcess:
         settings = {
-            "kafka_bootstrap_servers": kafka_bootstrap,
             "topic": f"bridge-{unique}",
             "dlq_topic": f"bridge-dlq-{unique}",
             "share_group": f"test{unique}",
@@ -30,7 +38,8 @@ def bridge_process(tmp_path, kafka_bootstrap, unique):
             "mqtt_brokers": mqtt_brokers,
             **settings,
         }
-        p = BridgeProcess(tmp_path, **settings)
+        create_topics(kafka, settings["topic"], settings["dlq_topic"])
+        p = BridgeProcess(tmp_path, kafka=kafka, **settings)
         procs.append(p)
         return p
 

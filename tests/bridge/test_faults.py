@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from devtools.loadgen import bridge_load as loadgen
+from fleetpulse.settings import KafkaConnection
 from tests.support.stack import start_private
 
 pytestmark = pytest.mark.slow
@@ -45,9 +46,9 @@ class Stream:
         return self.report
 
 
-def assert_all_delivered(bootstrap: str, topic: str, n: int, timeout_s: float = 90) -> int:
+def assert_all_delivered(kafka: KafkaConnection, topic: str, n: int, timeout_s: float = 90) -> int:
     """Every sequence number 0..n-1 is in ``topic``; return the number of duplicates."""
-    recs = loadgen.read_topic(bootstrap, topic, n, timeout_s=timeout_s, idle_s=1.5)
+    recs = loadgen.read_topic(kafka, topic, n, timeout_s=timeout_s, idle_s=1.5)
     seq = loadgen.sequence_numbers(recs.values)
     missing = np.setdiff1d(np.arange(n), seq)
     assert len(missing) == 0, f"{len(missing)} of {n} messages missing in Kafka (first: {missing[:10].tolist()})"
@@ -58,8 +59,7 @@ def assert_all_delivered(bootstrap: str, topic: str, n: int, timeout_s: float = 
 
 def test_bridge_acks_mqtt_only_after_kafka_delivery_and_bounds_what_is_in_flight(bridge_process, private_mqtt, private_server, unique):
     kafka = private_server("kafka")
-    bootstrap = kafka.address
-    bridge = bridge_process(private_mqtt, kafka_bootstrap_servers=bootstrap, max_in_flight=1_000, read_bytes=4096, keepalive_s=5).start()
+    bridge = bridge_process(private_mqtt, kafka=kafka.connection, max_in_flight=1_000, read_bytes=4096, keepalive_s=5).start()
     kafka.stop()
     Stream(private_mqtt, 2_000, 20_000, f"car{unique}").join()
     bridge.wait_metric("fleetpulse_bridge_received_total", 1_000)
@@ -72,7 +72,7 @@ def test_bridge_acks_mqtt_only_after_kafka_delivery_and_bounds_what_is_in_flight
     bridge.kill9()
     start_private(kafka)
     bridge.start()
-    assert_all_delivered(bootstrap, f"bridge-{unique}", 2_000)
+    assert_all_delivered(kafka.connection, f"bridge-{unique}", 2_000)
     bridge.wait_metric("fleetpulse_bridge_mqtt_acks_total", 2_000)
 
 
@@ -99,8 +99,7 @@ def wait_probe(bridge, path: str, status: int, timeout: float = 30) -> str:
 
 def test_kafka_away_turns_the_probes_unhealthy_and_sigterm_still_stops_the_bridge_in_bounded_time(bridge_process, private_mqtt, private_server, unique):
     kafka = private_server("kafka")
-    bootstrap = kafka.address
-    settings = dict(kafka_bootstrap_servers=bootstrap, stall_timeout_s=2, live_stall_timeout_s=4, shutdown_timeout_s=3)
+    settings = dict(kafka=kafka.connection, stall_timeout_s=2, live_stall_timeout_s=4, shutdown_timeout_s=3)
     bridge = bridge_process(private_mqtt, **settings).start()
     assert probe(bridge, "/readyz")[0] == probe(bridge, "/healthz")[0] == 200
     kafka.stop()
@@ -118,5 +117,5 @@ def test_kafka_away_turns_the_probes_unhealthy_and_sigterm_still_stops_the_bridg
 
     start_private(kafka)
     bridge.start()
-    assert_all_delivered(bootstrap, f"bridge-{unique}", 2_000)
+    assert_all_delivered(kafka.connection, f"bridge-{unique}", 2_000)
     wait_probe(bridge, "/readyz", 200)

@@ -114,14 +114,20 @@ def test_same_seed_gives_the_same_values_and_ground_truth(broker, tmp_path):
     assert a == b and truth_a == truth_b and len(truth_a) == 60
 
 
-def test_ground_truth_goes_to_kafka_keyed_by_car(broker, kafka_bootstrap, unique):
+def test_ground_truth_goes_to_kafka_keyed_by_car(broker, kafka, unique):
+    from dataclasses import replace
+
     from confluent_kafka import Consumer
 
+    from fleetpulse.clients import ensure_topics, kafka_config
+    from fleetpulse.topics import GROUND_TRUTH, TOPICS
+
     topic = f"ground-truth-test-{unique}"
+    ensure_topics(kafka, [replace(TOPICS[GROUND_TRUTH], name=topic)])  # the operator's: a login creates no topic
     # QoS 0: nobody subscribes here, and at QoS 1 the cars would keep publishing events no subscriber took.
     simulate("--cars", "20", "--rate", "10", "--duration", "2", "--failures", "0.25", "--qos", "0", "--truth-topic", topic,
-             "--kafka-bootstrap-servers", kafka_bootstrap, broker=broker)
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"t-{unique}", "auto.offset.reset": "earliest"})
+             broker=broker, kafka=kafka)
+    consumer = Consumer(kafka_config(kafka, **{"group.id": f"t-{unique}", "auto.offset.reset": "earliest"}))
     consumer.subscribe([topic])
     got = []
     deadline = time.monotonic() + 30

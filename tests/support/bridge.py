@@ -8,19 +8,35 @@ import signal
 import subprocess
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
+from devtools.stack import access
 from devtools.stack.process import free_port
+from fleetpulse.settings import KafkaConnection
 from tests.support.paths import FLEETPULSE
 
 
-class BridgeProcess:
-    """`fleetpulse bridge` with env settings; a stable client id so a restart resumes the MQTT session."""
+def create_topics(kafka: KafkaConnection, topic: str, dlq_topic: str) -> None:
+    """The bridge's data and dead-letter topics under these names, created by ``kafka`` (the operator):
+    on a secured Kafka no one else may create one, the bridge included."""
+    from fleetpulse.clients import ensure_topics
+    from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ, TOPICS
 
-    def __init__(self, log_dir: Path, **settings):
+    ensure_topics(kafka, [replace(TOPICS[SENSOR_DATA], name=topic), replace(TOPICS[SENSOR_DATA_DLQ], name=dlq_topic)])
+
+
+class BridgeProcess:
+    """`fleetpulse bridge` with env settings; a stable client id so a restart resumes the MQTT session.
+
+    ``kafka``: the connection it produces with, given as ``FLEETPULSE_BRIDGE_KAFKA_*`` (its password in a
+    file); the operator's in tests, whose topics are their own and no service principal's."""
+
+    def __init__(self, log_dir: Path, kafka: KafkaConnection | None = None, **settings):
         self.metrics_port = free_port()
         self.env = {
             **os.environ,
+            **(access.connection_env("BRIDGE", kafka) if kafka is not None else {}),
             **{f"FLEETPULSE_BRIDGE_{k.upper()}": str(v) for k, v in settings.items()},
             "FLEETPULSE_BRIDGE_METRICS_PORT": str(self.metrics_port),
         }
