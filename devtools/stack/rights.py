@@ -35,7 +35,8 @@ KAFKA_RIGHTS: dict[str, KafkaRights] = {
     "bridge": KafkaRights(write=(SENSOR_DATA, SENSOR_DATA_DLQ)),
     # Evaluation joins predictions with the labels; the TF-IO reader and the offset look-ups name
     # groups under fleetpulse-train (TF-IO's own default, "test-consumer-group", is not granted).
-    "training": KafkaRights(read=(SENSOR_DATA, GROUND_TRUTH), group_prefixes=("fleetpulse-train",)),
+    # model-requests: `fleetpulse models retrain` acts on drift, in group fleetpulse-train-requests.
+    "training": KafkaRights(read=(SENSOR_DATA, GROUND_TRUTH, MODEL_REQUESTS), group_prefixes=("fleetpulse-train",)),
     # The DLQ is shared with the bridge: what either cannot decode goes to sensor-data-dlq.
     # A group prefix, not the literal group, so a test's or the demo's transformer runs in its own group.
     # model-shadow: both models' verdicts for the promotion decision; model-requests: a retrain on drift.

@@ -14,7 +14,8 @@ from tests.support.deploy import TERRAFORM, env_of, find, one, pod_spec
 KAFKA_CLIENTS = {"bridge": ("StatefulSet", "bridge", "FLEETPULSE_BRIDGE_"),
                  "transformer": ("Deployment", "transformer", "FLEETPULSE_SCORE_"),
                  "simulator": ("Job", "simulator", "FLEETPULSE_SIMULATOR_"),
-                 "decider": ("Deployment", "model-decider", "FLEETPULSE_DECIDE_")}
+                 "decider": ("Deployment", "model-decider", "FLEETPULSE_DECIDE_"),
+                 "training": ("Deployment", "retrain-trigger", "FLEETPULSE_RETRAIN_")}
 """Kafka identity -> the workload that logs in as it (kind, name) and its settings prefix."""
 PIPELINE_NAMESPACE = "kubeflow"
 STRIMZI_SECRETS = {*KAFKA_RIGHTS, "keda", "fleetpulse-cluster-ca-cert"}

@@ -211,9 +211,10 @@ SETTINGS = {
     "FLEETPULSE_SCORE_": "inference.transformer.settings:ScoreSettings",
     "FLEETPULSE_SERVE_": "inference.server.settings:ServeSettings",
     "FLEETPULSE_DECIDE_": "components.settings:DecideSettings",
+    "FLEETPULSE_RETRAIN_": "components.settings:RetrainSettings",
 }
 SERVICE_PREFIX = {"bridge": "FLEETPULSE_BRIDGE_", "transformer": "FLEETPULSE_SCORE_", "simulator": "FLEETPULSE_SIMULATOR_",
-                  "model-decider": "FLEETPULSE_DECIDE_"}
+                  "model-decider": "FLEETPULSE_DECIDE_", "retrain-trigger": "FLEETPULSE_RETRAIN_"}
 
 
 def env_names(overlays) -> dict[str, set[str]]:

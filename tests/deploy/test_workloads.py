@@ -28,7 +28,7 @@ def workload_names(overlays) -> list[str]:
 
 def test_there_are_workloads_to_check(overlays):
     refs = workload_names(overlays)
-    for expected in ("StatefulSet/bridge", "Deployment/transformer", "Deployment/model-decider", "Job/simulator",
+    for expected in ("StatefulSet/bridge", "Deployment/transformer", "Deployment/model-decider", "Deployment/retrain-trigger", "Job/simulator",
                      "CronJob/train-car-anomaly", "ServingRuntime/fleetpulse-model-server"):
         assert expected in refs
 
