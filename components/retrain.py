@@ -145,14 +145,20 @@ def submit_to_kfp(settings: RetrainSettings, progress: Callable[[str], None]) ->
 
     def act(model_type: str, window: Window) -> dict:
         import kfp
+        from kfp_server_api.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
-        client = kfp.Client(host=settings.kfp_host)
         run_name = f"retrain-{MODEL_NAMES[model_type]}-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run = client.create_run_from_pipeline_package(
-            str(package), arguments=run_arguments(settings, declared, model_type, window), run_name=run_name,
-            experiment_name=settings.kfp_experiment, enable_caching=False,
-            service_account=settings.pipeline_service_account or None,
-        )  # fmt: skip
+        try:
+            client = kfp.Client(host=settings.kfp_host)
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments=run_arguments(settings, declared, model_type, window), run_name=run_name,
+                experiment_name=settings.kfp_experiment, enable_caching=False,
+                service_account=settings.pipeline_service_account or None,
+            )  # fmt: skip
+        except (ApiException, HTTPError, OSError) as exc:
+            # Not submitted: the request stays uncommitted and is tried again next interval.
+            raise BrokerUnavailable(f"KFP at {settings.kfp_host} did not take the run: {exc}") from None
         progress(f"submitted {run_name} to {settings.kfp_host}: run id {run.run_id}")
         return {"run_id": run.run_id, "run_name": run_name}
 

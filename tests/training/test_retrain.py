@@ -130,3 +130,22 @@ def test_drift_request_publishes_a_candidate_trained_on_the_recent_window_once(
     assert model_store.list_versions(client, model_bucket, MODEL) == [1, 2]
     channels = model_store.read_channels(client, model_bucket, MODEL)[0]
     assert (channels.stable, channels.candidate) == (1, 2)
+
+
+def test_with_an_unreachable_kfp_the_request_stays_unhandled_and_is_asked_again(kafka, model_bucket, gcs_endpoint, stable_v1, unique):
+    from confluent_kafka import Producer
+
+    requests_topic = f"model-requests-{unique}"
+    ensure_topics(kafka, [replace(TOPICS[MODEL_REQUESTS], name=requests_topic)])
+    producer = Producer(kafka_config(kafka))
+    producer.produce(requests_topic, key=MODEL.encode(), value=json.dumps(drift_request("1", now_ms())).encode())
+    assert producer.flush(10) == 0
+    env = {**os.environ, **access.connection_env("RETRAIN", kafka), "FLEETPULSE_RETRAIN_GCS_ENDPOINT": gcs_endpoint,
+           "FLEETPULSE_RETRAIN_PIPELINE_PACKAGE": str(ROOT / "kubeflow" / "pipeline.yaml")}  # fmt: skip
+    command = [FP, "models", "retrain", "--once", "--requests-topic", requests_topic, "--group-id",
+               f"fleetpulse-train-requests-{unique}", "--kfp-host", "http://127.0.0.1:9", "--bucket", model_bucket]  # fmt: skip
+    for _ in range(2):  # the second run is asked again: nothing was committed
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert "KFP at http://127.0.0.1:9 did not take the run" in out.stderr and "Traceback" not in out.stderr
+    assert model_store.list_versions(gcs_client(gcs_endpoint), model_bucket, MODEL) == [1]
