@@ -214,11 +214,13 @@ def decide(model_name, bucket, once, interval_s, shadow_topic, truth_topic, aler
 @click.option("--min-f1", type=click.FloatRange(0, 1), default=None, help="The pipeline's gate. Overrides FLEETPULSE_RETRAIN_MIN_F1.")
 @click.option("--kfp-host", default=None,
               help="Submit a KFP run of the compiled pipeline to this API instead of training here. Overrides FLEETPULSE_RETRAIN_KFP_HOST.")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds between polls of the requests in the loop. [default: FLEETPULSE_RETRAIN_INTERVAL_S, else 10]")
 @click.option("--group-id", default=None, help="Overrides FLEETPULSE_RETRAIN_GROUP_ID (fleetpulse-train-requests).")
 @click.option("--kafka-bootstrap-servers", default=None, help="Overrides FLEETPULSE_RETRAIN_KAFKA_BOOTSTRAP_SERVERS.")
 @click.option("--bucket", default=None, help="Overrides FLEETPULSE_RETRAIN_BUCKET.")
 @click.option("--json", "as_json", is_flag=True, help="Each outcome as one JSON line instead of a sentence.")
-def retrain(once, requests_topic, topic, truth_topic, window_minutes, max_age_s, epochs, min_f1, kfp_host, group_id,
+def retrain(once, requests_topic, topic, truth_topic, window_minutes, max_age_s, epochs, min_f1, kfp_host, interval_s, group_id,
             kafka_bootstrap_servers, bucket, as_json) -> None:
     """Retrain on recent data when model-requests asks (drift): the new version goes out as the candidate.
 
@@ -244,7 +246,7 @@ def retrain(once, requests_topic, topic, truth_topic, window_minutes, max_age_s,
 
     settings = load_settings(RetrainSettings, requests_topic=requests_topic, topic=topic, truth_topic=truth_topic,
                              window_minutes=window_minutes, max_age_s=max_age_s, epochs=epochs, min_f1=min_f1,
-                             kfp_host=kfp_host, group_id=group_id, kafka_bootstrap_servers=kafka_bootstrap_servers,
+                             kfp_host=kfp_host, interval_s=interval_s, group_id=group_id, kafka_bootstrap_servers=kafka_bootstrap_servers,
                              bucket=bucket)  # fmt: skip
     kafka = settings.kafka
     if kafka.authenticated:

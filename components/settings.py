@@ -87,7 +87,7 @@ class RetrainSettings(KafkaClientSettings):
     gcs_endpoint: str = endpoints.GCS_ENDPOINT  # empty = real GCS
     bucket: str = endpoints.MODEL_BUCKET
     interval_s: float = Field(10.0, gt=0)
-    """How long one poll of the requests topic waits in the loop."""
+    """Seconds between polls of the requests topic in the loop."""
     metrics_port: int = Field(0, ge=0, le=65535)
     """/metrics, /healthz, /readyz on this port (0: none)."""
     kfp_host: str = ""

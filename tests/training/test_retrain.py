@@ -149,3 +149,71 @@ def test_with_an_unreachable_kfp_the_request_stays_unhandled_and_is_asked_again(
         assert out.returncode == 1, out.stderr[-2000:]
         assert "KFP at http://127.0.0.1:9 did not take the run" in out.stderr and "Traceback" not in out.stderr
     assert model_store.list_versions(gcs_client(gcs_endpoint), model_bucket, MODEL) == [1]
+
+
+def test_the_loop_says_each_outcome_serves_its_probes_retries_an_unreachable_kfp_and_ends_on_sigterm(
+        kafka, model_bucket, gcs_endpoint, stable_v1, unique):  # fmt: skip
+    import queue
+    import signal
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from confluent_kafka import Producer
+
+    from devtools.stack.process import free_port
+
+    requests_topic = f"model-requests-{unique}"
+    ensure_topics(kafka, [replace(TOPICS[MODEL_REQUESTS], name=requests_topic)])
+    producer = Producer(kafka_config(kafka))
+
+    def request(record: dict) -> None:
+        producer.produce(requests_topic, key=MODEL.encode(), value=json.dumps(record).encode())
+        assert producer.flush(10) == 0
+
+    port = free_port()
+    env = {**os.environ, **access.connection_env("RETRAIN", kafka), "FLEETPULSE_RETRAIN_GCS_ENDPOINT": gcs_endpoint,
+           "FLEETPULSE_RETRAIN_PIPELINE_PACKAGE": str(ROOT / "kubeflow" / "pipeline.yaml"),
+           "FLEETPULSE_RETRAIN_METRICS_PORT": str(port)}  # fmt: skip
+    proc = subprocess.Popen([FP, "models", "retrain", "--interval", "0.5", "--requests-topic", requests_topic, "--group-id",
+                             f"fleetpulse-train-requests-{unique}", "--kfp-host", "http://127.0.0.1:9", "--bucket", model_bucket],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    for stream, name in ((proc.stdout, "out"), (proc.stderr, "err")):
+        threading.Thread(target=lambda st=stream, n=name: [lines.put((n, line.rstrip())) for line in st], daemon=True).start()
+
+    def next_line(where: str, containing: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                n, line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if n == where and containing in line:
+                return line
+        raise AssertionError(f"no {where} line with {containing!r} within {timeout:.0f} s")
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        next_line("err", "retraining on requests from")
+        request(drift_request("1", now_ms() - 2 * HOUR_MS))
+        assert next_line("out", "skipped").startswith("skipped drift on car-anomaly version 1 (control_unit_firmware PSI 3.10)")
+        assert get("/readyz")[0] == 200 and get("/healthz")[0] == 200
+        assert 'fleetpulse_retrain_requests_total{outcome="skipped"} 1.0' in get("/metrics")[1]
+        request(drift_request("1", now_ms()))
+        # Not submitted: not ready, still alive, and asked again every interval until KFP takes it.
+        for _ in range(2):
+            line = next_line("err", "trying again in 0.5 s")
+            assert line.strip().startswith("KFP at http://127.0.0.1:9 did not take the run:")
+        assert get("/readyz")[0] == 503 and get("/healthz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
