@@ -32,7 +32,7 @@ from prometheus_client import Counter
 from components.models import MODEL_NAMES
 from components.settings import RetrainSettings
 from fleetpulse import model_store
-from fleetpulse.errors import BrokerUnavailable, DecodeError, FleetPulseError
+from fleetpulse.errors import BrokerUnavailable, DecodeError, FleetPulseError, SettingsError
 from fleetpulse.settings import KafkaConnection
 
 MODEL_TYPES_BY_NAME = {name: model_type for model_type, name in MODEL_NAMES.items()}
@@ -126,12 +126,8 @@ def declared_parameters(package_text: str) -> set[str]:
     return set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
 
 
-def run_arguments(settings: RetrainSettings, declared: set[str], model_type: str, window: Window) -> dict:
-    """The KFP run's arguments: the cluster's endpoints, this request's window, only what the pipeline declares."""
-    try:
-        base = json.loads(settings.pipeline_arguments)
-    except ValueError as exc:
-        raise FleetPulseError(f"FLEETPULSE_RETRAIN_PIPELINE_ARGUMENTS is not JSON: {exc}") from None
+def run_arguments(settings: RetrainSettings, base: dict, declared: set[str], model_type: str, window: Window) -> dict:
+    """The KFP run's arguments: ``base`` (the cluster's endpoints), this request's window, only what the pipeline declares."""
     wanted = {**base, "topic": settings.topic, "truth_topic": settings.truth_topic, "model_type": model_type,
               "epochs": settings.epochs, "min_f1": settings.min_f1, "from_ts": window[0],
               "to_ts": -1 if window[1] is None else window[1]}  # fmt: skip
@@ -141,7 +137,13 @@ def run_arguments(settings: RetrainSettings, declared: set[str], model_type: str
 def submit_to_kfp(settings: RetrainSettings, progress: Callable[[str], None]) -> Action:
     """A run of the compiled pipeline on KFP (caching off: the window is new each time); returns {run_id, run_name}."""
     package = Path(settings.pipeline_package)
-    declared = declared_parameters(package.read_text())
+    try:
+        declared = declared_parameters(package.read_text())
+        base = json.loads(settings.pipeline_arguments)
+    except (OSError, ValueError, StopIteration, AttributeError) as exc:
+        raise SettingsError(f"FLEETPULSE_RETRAIN_PIPELINE_PACKAGE {package} or _PIPELINE_ARGUMENTS unusable: {exc}") from None
+    if not isinstance(base, dict):
+        raise SettingsError(f"FLEETPULSE_RETRAIN_PIPELINE_ARGUMENTS must be a JSON object, got {settings.pipeline_arguments!r}")
 
     def act(model_type: str, window: Window) -> dict:
         import kfp
@@ -152,7 +154,7 @@ def submit_to_kfp(settings: RetrainSettings, progress: Callable[[str], None]) ->
         try:
             client = kfp.Client(host=settings.kfp_host)
             run = client.create_run_from_pipeline_package(
-                str(package), arguments=run_arguments(settings, declared, model_type, window), run_name=run_name,
+                str(package), arguments=run_arguments(settings, base, declared, model_type, window), run_name=run_name,
                 experiment_name=settings.kfp_experiment, enable_caching=False,
                 service_account=settings.pipeline_service_account or None,
             )  # fmt: skip

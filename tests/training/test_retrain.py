@@ -58,12 +58,24 @@ def test_a_drift_record_parses_and_garbage_is_a_decode_error():
 
 def test_kfp_run_arguments_carry_the_window_and_only_what_the_compiled_pipeline_declares():
     declared = declared_parameters((ROOT / "kubeflow" / "pipeline.yaml").read_text())
-    settings = RetrainSettings(pipeline_arguments=json.dumps({"kafka_bootstrap": "k:9093", "bucket": "b", "gcs_endpoint": "",
-                                                              "not_a_parameter": 1}), topic="sensor-data", epochs=5)  # fmt: skip
-    args = run_arguments(settings, declared, "autoencoder", (1_000, None))
+    settings = RetrainSettings(topic="sensor-data", epochs=5)
+    base = {"kafka_bootstrap": "k:9093", "bucket": "b", "gcs_endpoint": "", "not_a_parameter": 1}
+    args = run_arguments(settings, base, declared, "autoencoder", (1_000, None))
     assert args == {"kafka_bootstrap": "k:9093", "bucket": "b", "gcs_endpoint": "", "topic": "sensor-data",
                     "truth_topic": "ground-truth", "model_type": "autoencoder", "epochs": 5, "min_f1": settings.min_f1,
                     "from_ts": 1_000, "to_ts": -1}  # fmt: skip
+
+
+def test_an_unusable_pipeline_package_or_arguments_fail_at_start_up_in_one_line(tmp_path):
+    from components.retrain import submit_to_kfp
+    from fleetpulse.errors import SettingsError
+
+    package = str(ROOT / "kubeflow" / "pipeline.yaml")
+    for settings in (RetrainSettings(pipeline_package=str(tmp_path / "missing.yaml")),
+                     RetrainSettings(pipeline_package=package, pipeline_arguments="{not json"),
+                     RetrainSettings(pipeline_package=package, pipeline_arguments="[1]")):  # fmt: skip
+        with pytest.raises(SettingsError, match="PIPELINE_"):
+            submit_to_kfp(settings, print)
 
 
 @pytest.fixture
