@@ -119,3 +119,25 @@ def test_cli_refuses_a_rollout_that_cannot_be_told_apart_or_applied(args, messag
     result = CliRunner().invoke(simulate, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_the_rollout_drifts_the_firmware_feature_past_the_threshold_and_an_unchanged_fleet_does_not():
+    from fleetpulse.contract import SENSOR_FIELDS
+    from fleetpulse.drift import DRIFT_THRESHOLD, DriftCounts, reference
+
+    names = list(SENSOR_FIELDS)
+    n_cars, train, live = 1000, 60, 30
+    rollout = Rollout(NEW, start_seq=train, ramp_events=10, share=0.5)
+
+    def live_psi(r: Rollout | None) -> np.ndarray:
+        _, blocks = fleet(n_cars, train + live, 0.05, 21, r)
+        v = steps(blocks, train + live)[0]
+        counts = DriftCounts(reference(v[:train].reshape(-1, 18), names))
+        counts.add(v[train + 10 :].reshape(-1, 18))  # after the ramp: half the fleet updated
+        return counts.psi()
+
+    firmware = names.index("control_unit_firmware")
+    plain, rolled = live_psi(None), live_psi(rollout)
+    assert rolled[firmware] > DRIFT_THRESHOLD > plain[firmware]
+    others = [j for j in range(18) if j != firmware]
+    np.testing.assert_allclose(rolled[others], plain[others])
