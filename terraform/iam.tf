@@ -3,6 +3,7 @@
 #   model server  <namespace>/model-server                              reads models
 #   transformer   <namespace>/transformer                               reads model metadata (drift references)
 #   pipeline      <pipeline_namespace>/<pipeline_service_account>        publishes new versions
+#   retrain       <namespace>/retrain-trigger                           reads models (is a newer version already there?)
 #   decider       <namespace>/model-decider                             reads models, rewrites channels.json (promote, reject, rollback)
 # The pipeline's is FleetPulse's own service account in the pipeline namespace (kubernetes.tf), not
 # KFP's shared pipeline-runner, so other pipelines' runs get no rights on the bucket.
@@ -131,4 +132,22 @@ resource "google_service_account_iam_member" "decider_workload_identity" {
   service_account_id = google_service_account.decider.name
   role               = "roles/iam.workloadIdentityUser"
   member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.namespace}/model-decider]"
+}
+
+# The retrain trigger only asks whether a newer version than a request's exists.
+resource "google_service_account" "retrain" {
+  account_id   = "fleetpulse-retrain"
+  display_name = "FleetPulse retrain trigger (reads gs://${var.model_bucket})"
+}
+
+resource "google_storage_bucket_iam_member" "retrain_reads_models" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.retrain.email}"
+}
+
+resource "google_service_account_iam_member" "retrain_workload_identity" {
+  service_account_id = google_service_account.retrain.name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.namespace}/retrain-trigger]"
 }

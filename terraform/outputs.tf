@@ -47,3 +47,8 @@ output "decider_gsa_email" {
   description = "Annotate the model-decider's Kubernetes service account with this (overlays/gke/workload-identity.yaml)."
   value       = google_service_account.decider.email
 }
+
+output "retrain_gsa_email" {
+  description = "Annotate the retrain-trigger's Kubernetes service account with this (overlays/gke/workload-identity.yaml)."
+  value       = google_service_account.retrain.email
+}

@@ -73,6 +73,7 @@ def test_model_bucket_default_is_the_bucket_the_manifests_read():
      "[${var.pipeline_namespace}/${var.pipeline_service_account}]"),
     ("transformer", ["roles/storage.objectViewer"], "[${var.namespace}/transformer]"),
     ("decider", ["roles/storage.objectViewer", "roles/storage.objectUser"], "[${var.namespace}/model-decider]"),
+    ("retrain", ["roles/storage.objectViewer"], "[${var.namespace}/retrain-trigger]"),
 ])
 def test_each_google_service_account_gets_its_bucket_roles_and_one_kubernetes_identity(gsa, roles, ksa):
     iam = tf("iam.tf")
