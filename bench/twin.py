@@ -1,34 +1,42 @@
-"""Digital-twin writes on FerretDB 1.24 (SQLite): rate vs collection size, current path vs alternatives.
+"""Digital-twin writes on FerretDB 1.24: SQLite vs PostgreSQL backend, at 1k, 10k and 100k twins.
 
-Each configuration gets a private FerretDB (temp state dir, free port) so the shared one is not
-stalled. One collection is filled with twin-shaped documents (the transformer's own snapshot
-documents) by insert_many up to 1k, 10k, 50k and 100k documents; at each size, each measure runs
-up to N operations or a time budget, whichever comes first:
+Each backend gets private servers started by the stack's own code (temp state dir, free ports: a
+FerretDB, and for ``postgresql`` the stack's PostgreSQL), so the shared stack is not stalled; both
+with the stack's extra `_id` lookup index (see mongodb.py and postgres.py). One collection is filled
+with twin-shaped documents (the transformer's own snapshot documents) by insert_many up to each size;
+at each size every measure runs over up to N distinct existing twins or a time budget, whichever ends
+first:
 
-- ``update_upsert`` (baseline, the path before this change): bulk UpdateOne({_id}, {$set}, upsert) of
-  existing twins in chunks of 90, one connection;
-- ``replace_upsert``: bulk ReplaceOne({_id}, doc, upsert) in chunks of 90;
-- ``update_upsert_chunk{BULK_CHUNK}``: the same in the transformer's chunk size now (room for concurrent writers);
-- ``update_upsert_x{k}``: the baseline from k threads on one client (k connections, chunk 90 / k);
-- ``insert_many``: new twins in one insert command per 1,000 (what the first sight of a car needs);
-- ``load_in``: find({_id: {$in: 1000 ids}}) (the transformer's load of first-seen cars), ids/s;
-- ``load_find_one``: find_one({_id}) per id, ids/s;
-- ``load_all``: find({}) of the whole collection (the transformer's one-pass load), docs/s;
-- ``build_fields``: the transformer building $set fields from a snapshot (Python only), cars/s.
+- ``upsert_chunk{c}``: bulk UpdateOne({_id}, {$set}, upsert) in chunks of c, one connection: the
+  transformer's write (c = BULK_CHUNK), and larger chunks where the backend allows (below);
+  each with the p99 latency of one bulk;
+- ``upsert_2writers_chunk{c}``: two such writers at once, each with chunks of BULK_CHUNK (p99: both chunks);
+- ``fenced_filter``: the same with the fence in the filter, ``{_id, "offsets.p": {$not: {$gt: o}}}``
+  (what the transformer sends to MongoDB), chunks of BULK_CHUNK (SQLite: 2, see measures()), every
+  fence passing;
+- ``read_compare_upsert``: what the transformer does on FerretDB instead: find_one({_id}) of the
+  stored offsets per car, then the bulk upsert, per chunk of BULK_CHUNK;
+- ``find_one``: find_one({_id}, {offsets: 1}) per id;
+- ``insert_many``: the fill itself, one insert command per 1,000 new twins.
 
-Configurations:
-- ``ferretdb`` as FerretDB 1.24 ships: `_id` lookups scan the table (the pushed-down expression is not
-  the indexed one; see devtools/stack/mongodb.py);
-- ``lookup-index``: the stack's extra index on the pushed-down `_id` expression (what `stack up` does);
-- ``lookup-index+sync-normal``: plus SQLite synchronous=NORMAL (WAL): durable across a FerretDB crash,
-  not across an OS crash or power loss.
-Writes bench/results/twin.json; the baseline of every ratio is ``update_upsert`` on ``ferretdb`` at the
-same collection size (the path before this change).
+Memory: peak RSS of FerretDB, and of PostgreSQL (postmaster and every backend) both the sum of RSS
+(counts its shared buffers once per process) and of PSS (shared pages split between processes);
+``memory_mb`` is FerretDB's RSS plus PostgreSQL's PSS. ``upsert_largest_chunk`` is the rate at the
+largest chunk the backend allows.
+
+Chunks: FerretDB 1.24 holds a pooled connection per matched update of an `update` command until the
+command ends, plus one to write; a bulk of more than the pool allows hangs the server for good
+(SQLite: 100 per database, measured: 99 passes, 101 hangs; PostgreSQL: the stack's pool of
+postgres.FERRETDB_POOL = 200, measured: 199 passes, 200 hangs). So chunks of 90 on both, and 180 on
+PostgreSQL only.
+
+Writes bench/results/twin.json; every ratio is PostgreSQL / SQLite for the same measure at the same size.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -42,42 +50,132 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devtools.benchmarking import write_result  # noqa: E402
-from fleetpulse.hysteresis import Rule  # noqa: E402
 from devtools.stack.mongodb import FerretDBService  # noqa: E402
+from devtools.stack.postgres import FERRETDB_POOL, PostgresService  # noqa: E402
 from devtools.stack.process import free_port  # noqa: E402
-from devtools.stack.settings import StackSettings  # noqa: E402
+from devtools.stack.settings import FERRETDB_VERSION, StackSettings  # noqa: E402
+from fleetpulse.hysteresis import Rule  # noqa: E402
+from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE  # noqa: E402
 from inference.transformer.car_table import CarTable  # noqa: E402
+from inference.transformer.checkpoint import fence_filter  # noqa: E402
+from inference.transformer.twin_store import BULK_CHUNK, as_set_fields  # noqa: E402  the transformer's chunk
 
-CHUNK = 90  # the chunk before this change; FerretDB 1.24/SQLite deadlocks above ~100 upserts in flight per database
-from inference.transformer.twin_store import BULK_CHUNK, as_set_fields  # noqa: E402  the chunk the transformer uses now
-
-
-class PragmaFerretDB(FerretDBService):
-    """A private FerretDB whose SQLite URL carries extra ``_pragma`` query parameters."""
-
-    def __init__(self, settings: StackSettings, pragmas: list[str], lookup_index: bool):
-        super().__init__(settings)
-        self.pragmas = pragmas
-        self.lookup_index = lookup_index
-
-    def after_ready(self) -> None:
-        if self.lookup_index:
-            super().after_ready()
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        i = argv.index("-sqlite-url") + 1
-        if self.pragmas:
-            argv[i] += "?" + "&".join(f"_pragma={p}" for p in self.pragmas)
-        return argv
+CHUNKS = {"sqlite": [BULK_CHUNK, 90], "postgresql": [BULK_CHUNK, 90, 180]}
+BACKENDS = list(CHUNKS)
 
 
-def start_ferretdb(pragmas: list[str], lookup_index: bool) -> PragmaFerretDB:
-    svc = PragmaFerretDB(StackSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-twin-")), mongodb_port=free_port()), pragmas, lookup_index)
-    svc.install()
-    svc.start()
-    svc.wait_ready(60)
-    return svc
+class Servers:
+    """A private FerretDB on ``backend`` (and its PostgreSQL), started and stopped as `stack up` / `down` would."""
+
+    def __init__(self, backend: str):
+        self.settings = StackSettings(state_dir=Path(tempfile.mkdtemp(prefix=f"bench-twin-{backend}-")), mongodb_backend=backend,
+                                      mongodb_port=free_port(), postgresql_port=free_port())
+        self.ferretdb = FerretDBService(self.settings)
+        self.postgres = PostgresService(self.settings) if backend == "postgresql" else None
+        self.services = [s for s in (self.postgres, self.ferretdb) if s is not None]
+
+    def __enter__(self) -> "Servers":
+        for svc in self.services:
+            svc.install()
+            svc.start()
+            svc.wait_ready(120)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for svc in reversed(self.services):
+            svc.process.stop()
+        shutil.rmtree(self.settings.state_dir, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of FerretDB, and of PostgreSQL with every backend it has started (ended ones included)."""
+        total = _cpu_seconds(self.ferretdb.process.pid(), children=False)
+        if self.postgres is not None:
+            total += _cpu_seconds(self.postgres.process.pid(), children=True)
+        return total
+
+    def settle(self, idle_cpu: float = 0.05, timeout_s: float = 120.0) -> None:
+        """Wait until the servers use under ``idle_cpu`` of a core: a fill leaves PostgreSQL's autovacuum
+        and both backends' checkpoints running, which would fall on the first measure only."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            before = self.cpu_seconds()
+            time.sleep(1.0)
+            if self.cpu_seconds() - before < idle_cpu:
+                return
+
+    def memory(self) -> dict[str, float]:
+        out = {"ferretdb_rss_mb": _tree_memory(self.ferretdb.process.pid(), children=False)[0]}
+        if self.postgres is not None:
+            out["postgresql_rss_mb"], out["postgresql_pss_mb"] = _tree_memory(self.postgres.process.pid(), children=True)
+        return out
+
+
+def _cpu_seconds(pid: int | None, children: bool) -> float:
+    if pid is None:
+        return 0.0
+    ticks = _ticks(pid, waited=children)
+    if children:
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            try:
+                ticks += _ticks(int(child), waited=False)
+            except FileNotFoundError:
+                pass  # ended meanwhile: in the parent's waited-for time from the next reading on
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _ticks(pid: int, waited: bool) -> int:
+    """utime + stime of ``pid``, plus cutime + cstime (the children it has waited for) if ``waited``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11 : 15 if waited else 13])
+
+
+def _tree_memory(pid: int | None, children: bool) -> tuple[float, float]:
+    """RSS and PSS (MB) of ``pid``, with its direct children (PostgreSQL's backends) if ``children``."""
+    if pid is None:
+        return 0.0, 0.0
+    pids = [pid]
+    if children:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    rss = pss = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    kb = int(value.split()[0])
+                    rss, pss = (rss + kb, pss) if key == "Rss" else (rss, pss + kb)
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a backend that ended meanwhile
+    return round(rss / 1024, 1), round(pss / 1024, 1)
+
+
+class PeakMemory:
+    """The largest of each of ``Servers.memory()`` from ``start()`` to ``stop()`` (sampled every 0.5 s)."""
+
+    def __init__(self, servers: Servers):
+        self.servers = servers
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for key, value in self.servers.memory().items():
+            self.peak[key] = max(self.peak.get(key, 0.0), value)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def start(self) -> "PeakMemory":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.peak
 
 
 class Twins:
@@ -98,149 +196,166 @@ class Twins:
         self.table.seen[cars] = self.step
         return self.table.snapshot(np.asarray(cars), np.ones(len(cars), bool), 0.5, "1")
 
-    def fields(self, c: int) -> dict:
-        return as_set_fields(self.doc(c))
-
     def doc(self, c: int) -> dict:
         return self.snapshot([c]).document(0)
 
+    def advance(self, cars: list[int]) -> None:
+        """A newer event for each of ``cars``: its offset grows, so a fence on the stored offset passes."""
+        self.step += 1
+        for c in cars:
+            self.table.offsets[c] = {p: o + 1 for p, o in self.table.offsets[c].items()}
+
 
 def rate(value: float) -> float:
-    """Rates below 100/s keep a decimal: the scan-bound baseline runs at ~1/s and is every ratio's denominator."""
+    """Rates below 100/s keep a decimal (SQLite's fenced filter scans the table: a few per second at 100k)."""
     return round(value) if value >= 100 else round(value, 1)
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def update_upsert(coll, twins: Twins, cars: list[int], chunk: int = CHUNK) -> None:
+def upsert(coll, twins: Twins, cars: list[int]) -> None:
     from pymongo import UpdateOne
 
-    ops = [UpdateOne({"_id": twins.table.ids[c]}, {"$set": twins.fields(c)}, upsert=True) for c in cars]
-    for i in range(0, len(ops), chunk):
-        coll.bulk_write(ops[i : i + chunk], ordered=False)
+    coll.bulk_write([UpdateOne({"_id": twins.table.ids[c]}, {"$set": as_set_fields(twins.doc(c))}, upsert=True) for c in cars],
+                    ordered=False)
 
 
-def replace_upsert(coll, twins: Twins, cars: list[int]) -> None:
-    from pymongo import ReplaceOne
+def fenced_filter(coll, twins: Twins, cars: list[int]) -> None:
+    from pymongo import UpdateOne
 
-    ops = [ReplaceOne({"_id": twins.table.ids[c]}, twins.doc(c), upsert=True) for c in cars]
-    for i in range(0, len(ops), CHUNK):
-        coll.bulk_write(ops[i : i + CHUNK], ordered=False)
-
-
-def concurrent(fn, coll, twins: Twins, cars: list[int], k: int) -> None:
-    # The SQLite pool (100 per database) is shared by all commands and every statement of an update
-    # command holds one until the command ends: k writers of 90 deadlock (measured), so chunk 90 // k.
-    parts = [cars[i::k] for i in range(k)]
-    threads = [threading.Thread(target=fn, args=(coll, twins, p, CHUNK // k)) for p in parts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    ops = []
+    for c in cars:
+        doc = twins.doc(c)
+        (partition, offset), = ((int(p), o) for p, o in doc["offsets"].items())
+        ops.append(UpdateOne(fence_filter(doc["_id"], partition, offset), {"$set": as_set_fields(doc)}, upsert=True))
+    coll.bulk_write(ops, ordered=False)
 
 
-def insert_many(coll, twins: Twins, cars: list[int]) -> None:
-    for i in range(0, len(cars), 1000):
-        coll.insert_many([twins.doc(c) for c in cars[i : i + 1000]], ordered=False)
+def read_compare_upsert(coll, twins: Twins, cars: list[int]) -> None:
+    for c in cars:
+        coll.find_one({"_id": twins.table.ids[c]}, {"offsets": 1})
+    upsert(coll, twins, cars)
 
 
-def budgeted(fn, coll, twins: Twins, cars: list[int], budget_s: float, piece: int) -> float:
-    """Ops/s of ``fn`` over ``cars`` in pieces, stopping after the piece that crosses ``budget_s``."""
-    done, t0 = 0, time.perf_counter()
-    for i in range(0, len(cars), piece):
-        fn(coll, twins, cars[i : i + piece])
-        done += len(cars[i : i + piece])
+def two_writers(coll, twins: Twins, cars: list[int]) -> None:
+    """``upsert`` of half the cars each from two threads at once (two connections)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(upsert, coll, twins, cars[i::2]) for i in range(2)]:
+            done.result()
+
+
+def find_one(coll, twins: Twins, cars: list[int]) -> None:
+    for c in cars:
+        coll.find_one({"_id": twins.table.ids[c]}, {"offsets": 1})
+
+
+def budgeted(fn, servers: Servers, coll, twins: Twins, cars: list[int], chunk: int, budget_s: float) -> dict[str, float]:
+    """Ops/s of ``fn`` over ``cars`` in chunks, stopping after the chunk that crosses ``budget_s``; p99 ms per
+    chunk; and the servers' CPU ms per op (less moved by other load on a shared machine than the rate)."""
+    twins.advance(cars)
+    fn(coll, twins, cars[:chunk])  # warm-up, untimed: the pool opens the connections a chunk this size needs
+    seconds: list[float] = []
+    done, cpu0, t0 = 0, servers.cpu_seconds(), time.perf_counter()
+    for i in range(0, len(cars), chunk):
+        t = time.perf_counter()
+        fn(coll, twins, cars[i : i + chunk])
+        seconds.append(time.perf_counter() - t)
+        done += len(cars[i : i + chunk])
         if time.perf_counter() - t0 > budget_s:
             break
-    return done / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, servers.cpu_seconds() - cpu0
+    return {"per_s": rate(done / wall), "p99_ms": round(float(np.percentile(seconds, 99)) * 1000, 1),
+            "cpu_ms_per_op": round(cpu * 1000 / done, 3)}
 
 
-def measure_config(name: str, sizes: list[int], n_ops: int, threads: list[int], budget_s: float) -> list[dict]:
+def measures(backend: str) -> list[tuple[str, object, int]]:
+    """(name, operation, chunk) in the order they run."""
+    # SQLite does not push the fenced filter down: every op reads the whole table (seconds each at 100k),
+    # so chunks of 2 there, or one chunk would outlast the budget and the client's timeout.
+    fenced_chunk = 2 if backend == "sqlite" else BULK_CHUNK
+    return ([(f"upsert_chunk{c}", upsert, c) for c in CHUNKS[backend]]
+            + [(f"upsert_2writers_chunk{BULK_CHUNK}", two_writers, 2 * BULK_CHUNK), ("fenced_filter", fenced_filter, fenced_chunk),
+               ("read_compare_upsert", read_compare_upsert, BULK_CHUNK), ("find_one", find_one, BULK_CHUNK)])
+
+
+def measure(backends: list[str], sizes: list[int], n_ops: int, budget_s: float) -> list[dict]:
+    """Every measure on every backend at every size; the backends take turns measure by measure, so
+    other load on the machine falls on both alike."""
+    from contextlib import ExitStack
+
     from pymongo import MongoClient
 
-    pragmas, lookup_index = CONFIGS[name]
-    # Without the lookup index one op costs two table scans: small pieces, so the budget can stop it.
-    piece = CHUNK if lookup_index else 2
-    svc = start_ferretdb(pragmas, lookup_index)
+    twins = Twins(max(sizes))
+    rng = np.random.default_rng(2)
     rows: list[dict] = []
-    try:
-        client = MongoClient(svc.uri, maxPoolSize=16, socketTimeoutMS=120_000)  # a FerretDB deadlock fails, not hangs
-        coll = client["fleetpulse"]["cars"]
-        twins = Twins(max(sizes) + n_ops)
-        rng = np.random.default_rng(2)
+    with ExitStack() as stack:
+        servers = {b: stack.enter_context(Servers(b)) for b in backends}
+        # A bound on every reply: a FerretDB that hangs (see the module docstring) fails the run, not stalls it.
+        clients = {b: MongoClient(s.ferretdb.uri, maxPoolSize=4, socketTimeoutMS=120_000) for b, s in servers.items()}
+        for client in clients.values():
+            stack.callback(client.close)
+        colls = {b: c[TWIN_DATABASE][TWIN_COLLECTION] for b, c in clients.items()}
         filled = 0
         for size in sizes:
-            new = list(range(filled, size))
-            fill_s = timed(lambda: insert_many(coll, twins, new))
+            row = {b: {"backend": b, "docs": size} for b in backends}
+            memory = {b: PeakMemory(s).start() for b, s in servers.items()}
+            for b in backends:
+                t0 = time.perf_counter()
+                for i in range(filled, size, 1000):
+                    colls[b].insert_many([twins.doc(c) for c in range(i, min(i + 1000, size))], ordered=False)
+                row[b]["insert_many_per_s"] = rate((size - filled) / (time.perf_counter() - t0))
             filled = size
-            row = {"config": name, "docs": size, "insert_many_per_s": round(len(new) / fill_s)}
-            sample = rng.choice(size, n_ops, replace=False).tolist()
-            twins.step += 1
-            row["update_upsert_per_s"] = rate(budgeted(update_upsert, coll, twins, sample, budget_s, piece))
-            twins.step += 1
-            row[f"update_upsert_chunk{BULK_CHUNK}_per_s"] = rate(budgeted(
-                lambda coll, twins, cars: update_upsert(coll, twins, cars, BULK_CHUNK), coll, twins, sample, budget_s, piece))
-            twins.step += 1
-            row["replace_upsert_per_s"] = rate(budgeted(replace_upsert, coll, twins, sample, budget_s, piece))
-            for k in threads:
-                twins.step += 1
-                def parallel(coll, twins, cars, k=k):
-                    concurrent(update_upsert, coll, twins, cars, k)
-                row[f"update_upsert_x{k}_per_s"] = rate(budgeted(parallel, coll, twins, sample, budget_s, piece * k))
-            ids = [twins.table.ids[c] for c in sample[:1000]]
-            row["load_in_ids_per_s"] = rate(len(ids) / timed(lambda: list(coll.find({"_id": {"$in": ids}}, {"offsets": 1}))))
-            few = ids[: 200 if lookup_index else 3]
-            row["load_find_one_ids_per_s"] = rate(len(few) / timed(lambda: [coll.find_one({"_id": i}, {"offsets": 1}) for i in few]))
-            row["load_all_docs_per_s"] = round(size / timed(lambda: list(coll.find({}, {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}, batch_size=10000))))
-            snap = twins.snapshot(sample)
-            row["build_fields_per_s"] = round(len(sample) / timed(lambda: [snap.fields(i) for i in range(len(snap))]))
-            print(row, flush=True)
-            rows.append(row)
-        client.close()
-    finally:
-        svc.process.stop()
-        shutil.rmtree(svc.settings.state_dir, ignore_errors=True)
+            for b in backends:
+                servers[b].settle()
+            # Distinct twins, passed over again below n_ops twins: enough bulks for a p99 at 1k too.
+            sample = np.resize(rng.choice(size, min(n_ops, size), replace=False), n_ops).tolist()
+            for k in range(max(len(measures(b)) for b in backends)):
+                for b in backends:
+                    if k < len(measures(b)):
+                        name, fn, chunk = measures(b)[k]
+                        for key, value in budgeted(fn, servers[b], colls[b], twins, sample, chunk, budget_s).items():
+                            row[b][f"{name}_{key}"] = value
+            for b in backends:
+                r = row[b]
+                r["upsert_largest_chunk_per_s"] = r[f"upsert_chunk{CHUNKS[b][-1]}_per_s"]
+                r.update(memory[b].stop())
+                r["memory_mb"] = round(r["ferretdb_rss_mb"] + r.get("postgresql_pss_mb", 0.0), 1)
+                print(r, flush=True)
+                rows.append(r)
     return rows
 
 
-CONFIGS = {  # name: (extra SQLite pragmas, stack's _id lookup index); FerretDB's defaults are WAL, synchronous=FULL
-    "ferretdb": ([], False),
-    "lookup-index": ([], True),
-    "lookup-index+sync-normal": (["synchronous(normal)"], True),
-}
+def summary(rows: list[dict]) -> list[dict]:
+    """Table rows: PostgreSQL's figure, SQLite's as the baseline, ratio PostgreSQL / SQLite, for every shared measure."""
+    sqlite = {r["docs"]: r for r in rows if r["backend"] == "sqlite"}
+    table = []
+    for r in (r for r in rows if r["backend"] == "postgresql"):
+        base = sqlite.get(r["docs"], {})
+        for metric, value in r.items():
+            if metric in ("backend", "docs") or metric not in base:
+                continue
+            unit = {"_per_op": "CPU ms/op", "_ms": "ms", "_mb": "MB"}.get(next((e for e in ("_per_op", "_ms", "_mb") if metric.endswith(e)), ""), "docs/s")
+            table.append({"metric": f"twin {metric} @ {r['docs']:,} docs [postgresql vs sqlite]", "value": value, "unit": unit,
+                          "baseline": base[metric], "ratio": round(value / base[metric], 2) if base[metric] else None, "target": None})
+    return table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="Sizes 1k/10k/50k, fewer ops (~2 minutes) for a noisy shared machine.")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="Comma-separated subset of: " + ", ".join(CONFIGS))
+    ap.add_argument("--quick", action="store_true", help="Sizes 1k/10k, fewer ops, shorter budgets (~3 minutes).")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="Comma-separated subset of: " + ", ".join(BACKENDS))
     ap.add_argument("--note", default="", help="What else ran on the machine meanwhile (recorded in the JSON).")
     args = ap.parse_args()
-    sizes = [1_000, 10_000, 50_000] if args.quick else [1_000, 10_000, 50_000, 100_000]
-    n_ops = 900 if args.quick else 1800
-    budget_s = 4.0 if args.quick else 10.0
-    threads = [2]
-    rows = []
-    for name in args.configs.split(","):
-        rows += measure_config(name, sizes, n_ops, threads, budget_s)
-    base = {r["docs"]: r["update_upsert_per_s"] for r in rows if r["config"] == "ferretdb"}
-    table = []
-    for r in rows:
-        baseline = base.get(r["docs"])
-        for metric in ("update_upsert_per_s", f"update_upsert_chunk{BULK_CHUNK}_per_s", "replace_upsert_per_s", *(f"update_upsert_x{k}_per_s" for k in threads), "insert_many_per_s"):
-            if r["config"] == "ferretdb" and metric == "update_upsert_per_s":
-                continue
-            table.append({"metric": f"twin {metric} @ {r['docs']:,} docs [{r['config']}]", "value": r[metric], "unit": "docs/s",
-                          "baseline": baseline, "ratio": round(r[metric] / baseline, 1) if baseline else None, "target": None})
-    path = write_result("twin", {"quick": args.quick, "conditions": {"sizes": sizes, "ops_per_measure": n_ops, "budget_s_per_measure": budget_s,
-                                                                    "bulk_chunk": CHUNK, "baseline": "update_upsert on ferretdb",
-                                                                    "server": "private FerretDB 1.24.2 (SQLite), pymongo",
-                                                                    "shared_machine": True, "note": args.note},
-                                 "rows": rows}, table)
+    sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    n_ops = 2000 if args.quick else 6000
+    budget_s = 4.0 if args.quick else 12.0
+    rows = measure(args.backends.split(","), sizes, n_ops, budget_s)
+    conditions = {"sizes": sizes, "ops_per_measure": n_ops, "budget_s_per_measure": budget_s, "bulk_chunk": BULK_CHUNK,
+                  "chunks": CHUNKS, "ferretdb_postgresql_pool": FERRETDB_POOL, "ratio": "postgresql / sqlite",
+                  "server": f"private FerretDB {FERRETDB_VERSION} per backend (SQLite: WAL, synchronous=FULL; PostgreSQL "
+                            f"{PostgresService(StackSettings()).bin_dir.parent.name}: fsync on, synchronous_commit on), pymongo",
+                  "loadavg_1m_at_end": round(os.getloadavg()[0], 2), "shared_machine": True, "note": args.note}
+    path = write_result("twin", {"quick": args.quick, "conditions": conditions, "rows": rows}, summary(rows))
     print(f"wrote {path}")
 
 
