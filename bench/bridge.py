@@ -1,7 +1,9 @@
 """Bridge throughput and latency, MQTT publish -> Kafka, against a naive paho baseline in the same run.
 
 Everything runs on the local stack (Mosquitto, Kafka) on this machine, each bridge as its own
-process (`fleetpulse bridge`). Throughput: N messages published flat out (raw-socket publisher,
+process (`fleetpulse bridge`); on a secured stack over TLS with logins: the publisher as the fleet
+gateway ``simulator``, the bridges as ``bridge`` on MQTT and as the operator on Kafka (the run's topics
+are its own, which the ``bridge`` principal has no rights on). Throughput: N messages published flat out (raw-socket publisher,
 several connections for QoS 1), timed from the first publish until Kafka's end offsets reach N.
 Backlog: the same, published while the bridges are SIGSTOPped, timing only the drain (the bridge's own
 capacity; live figures on this 2-core box are capped by Mosquitto and the publisher sharing the cores).
@@ -22,23 +24,55 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from bridges.kafka_sink import ensure_topics
 from bridges.settings import BridgeSettings
 from devtools.benchmarking import write_result
 from devtools.loadgen import bridge_load as loadgen
+from devtools.stack import access
 from devtools.stack.process import free_port
+from devtools.stack.settings import StackSettings
+from fleetpulse.clients import ensure_topics
+from fleetpulse.settings import KafkaConnection, MqttConnection
+from fleetpulse.topics import SENSOR_DATA, SENSOR_DATA_DLQ, TOPICS
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEETPULSE = str(ROOT / ".venv" / "bin" / "fleetpulse")
 WARMUP = 2_000
 
 
+@dataclass(frozen=True)
+class Target:
+    """The servers a run uses and how each side logs in (plain connections on an open stack)."""
+
+    mqtt: MqttConnection
+    """The publisher's: the fleet gateway ``simulator`` may publish every car's topic over one connection."""
+    kafka: KafkaConnection
+    """The harness's (the operator): it creates the run's topics and counts their records."""
+    bridge_env: dict[str, str]
+    """``FLEETPULSE_BRIDGE_MQTT_*`` (identity ``bridge``) and ``_KAFKA_*`` (the operator) of the bridges."""
+
+    @property
+    def secured(self) -> bool:
+        return self.mqtt.tls
+
+
+def stack_target(settings: StackSettings | None = None) -> Target:
+    """The stack of ``settings`` (the local one by default), secured or not, as the identities above."""
+    return Target(mqtt=access.mqtt(settings, identity="simulator"), kafka=access.kafka(settings),
+                  bridge_env={**access.mqtt_env("BRIDGE", settings, identity="bridge"), **access.kafka_env("BRIDGE", settings)})
+
+
+def create_topics(target: Target, topic: str) -> None:
+    """The run's data and dead-letter topics, by the operator: on a secured Kafka a login creates none."""
+    ensure_topics(target.kafka, [replace(TOPICS[SENSOR_DATA], name=topic), replace(TOPICS[SENSOR_DATA_DLQ], name=f"{topic}-dlq")])
+
+
 def naive_worker(topic: str, share_group: str, client_id: str, qos: int) -> None:
-    """The baseline: paho-mqtt 2.x on_message -> produce() + poll(0) per message."""
+    """The baseline: paho-mqtt 2.x on_message -> produce() + poll(0) per message (connections from the env, as the bridge's)."""
     import paho.mqtt.client as mqtt
     from confluent_kafka import Producer
 
@@ -46,7 +80,8 @@ def naive_worker(topic: str, share_group: str, client_id: str, qos: int) -> None
 
     settings = BridgeSettings(topic=topic, client_id=client_id)
     producer = Producer(producer_config(settings))
-    host, port = settings.broker_endpoints[0]
+    conn = settings.mqtt
+    host, port = conn.endpoints[0]
 
     def on_message(client, userdata, msg):
         ts = int(time.time() * 1000)
@@ -57,6 +92,10 @@ def naive_worker(topic: str, share_group: str, client_id: str, qos: int) -> None
         client.subscribe(f"$share/{share_group}/vehicles/sensor/data/+", qos=qos)
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if conn.username:
+        client.username_pw_set(conn.username, conn.password.get_secret_value() if conn.password else None)
+    if conn.tls:
+        client.tls_set(ca_certs=conn.ca_file)
     client.on_message, client.on_connect = on_message, on_connect
     client.connect(host, port, keepalive=30)
     client.loop_forever()
@@ -78,18 +117,19 @@ def wait_connected(ports: list[int], timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-def start_bridges(kind: str, n: int, topic: str, qos: int, share_group: str, extra_env: dict | None = None) -> list[subprocess.Popen]:
+def start_bridges(kind: str, n: int, topic: str, qos: int, share_group: str, target: Target, extra_env: dict | None = None) -> list[subprocess.Popen]:
     """Start ``n`` bridge (or naive baseline) processes and return once they are subscribed."""
     procs, ports = [], []
     for i in range(n):
         client_id = f"bench-{share_group}-{i}"
         if kind == "naive":
             argv = [sys.executable, __file__, "--naive-worker", topic, share_group, client_id, str(qos)]
-            env = dict(os.environ)
+            env = {**os.environ, **target.bridge_env}
         else:
             argv = [FLEETPULSE, "bridge", "--progress-every", "3600"]
             env = {
                 **os.environ,
+                **target.bridge_env,
                 "FLEETPULSE_BRIDGE_TOPIC": topic,
                 "FLEETPULSE_BRIDGE_DLQ_TOPIC": f"{topic}-dlq",
                 "FLEETPULSE_BRIDGE_QOS": str(qos),
@@ -117,13 +157,13 @@ def stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
-def publish(host: str, port: int, pkts: list[bytes], qos: int, clients: int, rate: float | None = None) -> list[loadgen.PublishReport]:
+def publish(conn: MqttConnection, pkts: list[bytes], qos: int, clients: int, rate: float | None = None) -> list[loadgen.PublishReport]:
     """Publish ``pkts`` over ``clients`` connections in threads (QoS 1 throughput is bounded by each window)."""
     parts = [pkts[i::clients] for i in range(clients)]
     reports: list[loadgen.PublishReport] = [loadgen.PublishReport()] * clients
 
     def run(i: int) -> None:
-        pub = loadgen.Publisher(host, port, qos=qos)
+        pub = loadgen.Publisher.to(conn, qos=qos)
         reports[i] = pub.publish(parts[i], rate=rate / clients if rate else None, chunk=50 if rate else 500)
         pub.close()
 
@@ -135,40 +175,53 @@ def publish(host: str, port: int, pkts: list[bytes], qos: int, clients: int, rat
     return reports
 
 
-def throughput(kind: str, processes: int, qos: int, n: int, host: str, port: int, bootstrap: str, backlog: bool = False, receive_maximum: int | None = None) -> dict:
+def cpu_s(procs: list[subprocess.Popen]) -> float:
+    """User + system CPU seconds the processes have used so far (from /proc: they are still running)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in procs:
+        fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def throughput(kind: str, processes: int, qos: int, n: int, target: Target, backlog: bool = False, receive_maximum: int | None = None) -> dict:
     """Live: publish flat out while the bridge runs. Backlog: publish while the bridge is stopped
     (SIGSTOP; Mosquitto holds the messages), then time only the drain after SIGCONT, which measures
     the bridge's own capacity without the publisher competing for the two cores."""
     u = uuid.uuid4().hex[:8]
     topic, group = f"bench-bridge-{u}", f"bench{u}"
-    ensure_topics(BridgeSettings(topic=topic, dlq_topic=f"{topic}-dlq", kafka_bootstrap_servers=bootstrap))
+    create_topics(target, topic)
     extra = {"FLEETPULSE_BRIDGE_RECEIVE_MAXIMUM": str(receive_maximum)} if receive_maximum else None
-    procs = start_bridges(kind, processes, topic, qos, group, extra)
+    procs = start_bridges(kind, processes, topic, qos, group, target, extra)
     try:
         bodies = loadgen.payloads(WARMUP + n)
         pkts = loadgen.packets(bodies, 1000, f"b{u}", qos)
-        publish(host, port, pkts[:WARMUP], qos, 1)
-        got, _ = loadgen.wait_for_count(bootstrap, topic, WARMUP, 60)
+        publish(target.mqtt, pkts[:WARMUP], qos, 1)
+        got, _ = loadgen.wait_for_count(target.kafka, topic, WARMUP, 60)
         if got < WARMUP:
             raise RuntimeError(f"{kind}: warm-up did not arrive ({got}/{WARMUP})")
         if backlog:
             for p in procs:
                 p.send_signal(signal.SIGSTOP)
-            publish(host, port, pkts[WARMUP:], qos, 1 if qos == 0 else 3)
+            publish(target.mqtt, pkts[WARMUP:], qos, 1 if qos == 0 else 3)
+            cpu0 = cpu_s(procs)
             t0 = t_pub = time.time()
             for p in procs:
                 p.send_signal(signal.SIGCONT)
         else:
+            cpu0 = cpu_s(procs)
             t0 = time.time()
-            reports = publish(host, port, pkts[WARMUP:], qos, 1 if qos == 0 else 3)
+            reports = publish(target.mqtt, pkts[WARMUP:], qos, 1 if qos == 0 else 3)
             t_pub = max(r.finished for r in reports)
-        got, t_end = loadgen.wait_for_count(bootstrap, topic, WARMUP + n, 120, poll_s=0.05)
+        got, t_end = loadgen.wait_for_count(target.kafka, topic, WARMUP + n, 120, poll_s=0.05)
+        cpu = cpu_s(procs) - cpu0
     finally:
         stop(procs)
     delivered = got - WARMUP
     unique = None
     if processes > 1:  # a shared subscription must split the stream, not copy it: count distinct messages
-        seq = loadgen.sequence_numbers(loadgen.read_topic(bootstrap, topic, got, timeout_s=60, idle_s=0.5).values)
+        seq = loadgen.sequence_numbers(loadgen.read_topic(target.kafka, topic, got, timeout_s=60, idle_s=0.5).values)
         unique = int(len(np.unique(seq[seq >= WARMUP])))
     row = {
         "kind": kind,
@@ -182,27 +235,29 @@ def throughput(kind: str, processes: int, qos: int, n: int, host: str, port: int
         "seconds": round(t_end - t0, 3),
         "publish_seconds": round(t_pub - t0, 3),
         "events_per_s": round(delivered / (t_end - t0)),
+        "cpu_us_per_event": round(cpu / delivered * 1e6, 2) if delivered else None,
+        "secured": target.secured,
     }
     print(f"  {kind:6} x{processes} qos {qos} {row['mode']:7}: {row['events_per_s']:>8,} ev/s ({delivered:,}/{n:,} in {row['seconds']}s; publishing took {row['publish_seconds']}s)", flush=True)
     return row
 
 
-def latency(rate: float, seconds: float, qos: int, host: str, port: int, bootstrap: str) -> dict:
+def latency(rate: float, seconds: float, qos: int, target: Target) -> dict:
     u = uuid.uuid4().hex[:8]
     topic, group = f"bench-bridge-lat-{u}", f"bench{u}"
-    ensure_topics(BridgeSettings(topic=topic, dlq_topic=f"{topic}-dlq", kafka_bootstrap_servers=bootstrap))
-    procs = start_bridges("bridge", 1, topic, qos, group)
+    create_topics(target, topic)
+    procs = start_bridges("bridge", 1, topic, qos, group, target)
     n = int(rate * seconds)
     try:
         bodies = loadgen.payloads(WARMUP + n)
         pkts = loadgen.packets(bodies, 1000, f"l{u}", qos)
-        publish(host, port, pkts[:WARMUP], qos, 1)
-        loadgen.wait_for_count(bootstrap, topic, WARMUP, 60)
+        publish(target.mqtt, pkts[:WARMUP], qos, 1)
+        loadgen.wait_for_count(target.kafka, topic, WARMUP, 60)
         records: list[loadgen.Records] = []
-        reader = threading.Thread(target=lambda: records.append(loadgen.read_topic(bootstrap, topic, WARMUP + n, timeout_s=seconds + 60, idle_s=2)))
+        reader = threading.Thread(target=lambda: records.append(loadgen.read_topic(target.kafka, topic, WARMUP + n, timeout_s=seconds + 60, idle_s=2)))
         reader.start()
         time.sleep(2.0)  # the reader has joined and fetched the warm-up
-        pub = loadgen.Publisher(host, port, qos=qos)
+        pub = loadgen.Publisher.to(target.mqtt, qos=qos)
         rep = pub.publish(pkts[WARMUP:], rate=rate, chunk=20)
         pub.close()
         reader.join()
@@ -238,25 +293,24 @@ def main() -> None:
         topic, group, client_id, qos = args.naive_worker
         naive_worker(topic, group, client_id, int(qos))
         return
-    settings = BridgeSettings()
-    host, port = settings.broker_endpoints[0]
-    bootstrap = settings.kafka_bootstrap_servers
+    target = stack_target()
     load0 = os.getloadavg()[0]
     n0, n1 = (100_000, 60_000) if args.quick else (300_000, 200_000)
-    print(f"bridge bench ({'quick' if args.quick else 'full'}): mqtt {host}:{port}, kafka {bootstrap}, load {load0:.2f}", flush=True)
+    print(f"bridge bench ({'quick' if args.quick else 'full'}): mqtt {target.mqtt.brokers}, kafka {target.kafka.bootstrap_servers}"
+          f"{' (secured)' if target.secured else ''}, load {load0:.2f}", flush=True)
     repeats = 1 if args.quick else 2  # best of: the figure least disturbed by the other work on the cores
     runs = []
     for backlog in (False, True):
         for qos, n in ((0, n0), (1, n1)):
             for kind, procs in (("naive", 1), ("bridge", 1), ("bridge", 2)):
-                tries = [throughput(kind, procs, qos, n, host, port, bootstrap, backlog) for _ in range(repeats)]
+                tries = [throughput(kind, procs, qos, n, target, backlog) for _ in range(repeats)]
                 runs.append({**max(tries, key=lambda r: r["events_per_s"]), "tries_events_per_s": [r["events_per_s"] for r in tries]})
     # QoS 1 throughput against the MQTT 5 Receive Maximum (un-acked messages the broker may have out to the
     # bridge). Mosquitto uses the client's value, not its max_inflight_messages, for the first window; once
     # PUBACKs flow, 2.0.11 releases queued messages beyond it (measured, cf. eclipse-mosquitto/mosquitto#2301),
     # so the window barely matters here: the bridge's own max_in_flight is what bounds memory.
-    windows = [throughput("bridge", 1, 1, n1, host, port, bootstrap, backlog, rm) for backlog in (False, True) for rm in (100, 1000)]
-    lat = latency(10_000, 5 if args.quick else 15, 1, host, port, bootstrap)
+    windows = [throughput("bridge", 1, 1, n1, target, backlog, rm) for backlog in (False, True) for rm in (100, 1000)]
+    lat = latency(10_000, 5 if args.quick else 15, 1, target)
 
     def rate(kind, procs, qos, mode):
         return next(r["events_per_s"] for r in runs if r["kind"] == kind and r["processes"] == procs and r["qos"] == qos and r["mode"] == mode)
@@ -281,6 +335,7 @@ def main() -> None:
                 "loadavg_1m_at_start": round(load0, 2),
                 "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
                 "brokers": "local stack Mosquitto 2.0.11 + Kafka 3.9.2 (single node) on the same 2 cores, shared with other work",
+                "secured": target.secured,
                 "publisher": "raw-socket pre-built PUBLISH packets; 1 connection at QoS 0, 3 at QoS 1 (window 900 each)",
                 "bridge_settings": BridgeSettings().model_dump(mode="json", exclude={"mqtt_password", "kafka_password", "client_id"}),
             },
