@@ -93,10 +93,11 @@ def _proc_rss_mb(pid: int) -> float:
 # --- counting subscriber in its own process -------------------------------------------------------
 
 
-def _count_main(ports: list[int], qos: int, conn, stop) -> None:
+def _count_main(ports: list[int], qos: int, conn, stop, login: tuple[str, str] | None = None) -> None:
     from devtools.loadgen.mqtt_counter import CountingSubscriber
 
-    subs = [CountingSubscriber("127.0.0.1", p, qos=qos).start() for p in ports]
+    username, password = login or (None, None)
+    subs = [CountingSubscriber("127.0.0.1", p, qos=qos, username=username, password=password).start() for p in ports]
     conn.send("ready")
     while not stop.is_set():
         conn.send(sum(s.count for s in subs))
@@ -107,11 +108,13 @@ def _count_main(ports: list[int], qos: int, conn, stop) -> None:
 
 
 class Counter:
-    def __init__(self, ports: list[int], qos: int):
+    """Counts what reaches a subscriber on ``ports`` (a secured broker's plain loopback listeners with ``login``)."""
+
+    def __init__(self, ports: list[int], qos: int, login: tuple[str, str] | None = None):
         ctx = mp.get_context("spawn")
         self.parent, child = ctx.Pipe()
         self.stop_event = ctx.Event()
-        self.proc = ctx.Process(target=_count_main, args=(ports, qos, child, self.stop_event), daemon=True)
+        self.proc = ctx.Process(target=_count_main, args=(ports, qos, child, self.stop_event, login), daemon=True)
         self.proc.start()
         assert self.parent.recv() == "ready"
         self.count = 0
