@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 
-import numpy as np
 import pytest
 
 from devtools.loadgen import bridge_load as loadgen
