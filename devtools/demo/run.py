@@ -84,6 +84,7 @@ class Demo:
             train_sim = self.stage(f"simulate: training stretch ({self.p.train_profile} fleet)",
                                    lambda: self._simulate(self.p.train_duration, self.p.seed, self.p.train_profile))  # fmt: skip
             trained = self.stage("train (KFP pipeline)", lambda: self._train(train_sim))
+            self.stage("promote to stable", lambda: self._promote(trained))
             self.stage("model server", self._start_server)
             self.stage("transformer", self._start_scorer)
             live_sim = self.stage(f"simulate: detection stretch ({self.p.profile} fleet)",
@@ -190,6 +191,20 @@ class Demo:
             "train", "train", "--model", self.p.model, "--epochs", str(self.p.epochs), "--min-f1", str(self.p.min_f1), "--json",
             "--from-ts", str(w["from_ts"]), "--to-ts", str(w["to_ts"]), env=access.kafka_env("TRAIN", self.stack_settings, identity="training"),
         )  # fmt: skip
+
+    def _promote(self, trained: dict) -> None:
+        """Serve the version just trained. A model that already has a stable version gets each new one
+        as a candidate, shadowed until `fleetpulse models decide` promotes it: the server would score
+        with an earlier run's stable (measured: version 1, trained on another fleet), not the model
+        this run reports. So the demo, as the operator, promotes it (`fleetpulse models promote`)."""
+        from fleetpulse import endpoints, model_store
+        from fleetpulse.clients import gcs_client
+
+        if trained["channel"] != model_store.CANDIDATE:
+            return  # the model's first version, stable already
+        bucket = trained["model_uri"].removeprefix("gs://").split("/")[0]
+        before, _ = model_store.promote(gcs_client(endpoints.GCS_ENDPOINT), bucket, trained["model"], trained["version"])
+        self.console.print(f"  {trained['model']} version {trained['version']} is stable (was version {before.stable})", style="dim")
 
     def _start_server(self) -> None:
         self.children.start("serve", "serve", "--http-port", str(self.p.http_port), "--grpc-port", str(self.p.grpc_port), "--model", self.p.model_name)
