@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from devtools.benchmarking import write_result  # noqa: E402
 from devtools.faults import serving  # noqa: E402
 from devtools.faults.serving import Load, Servers  # noqa: E402
-from devtools.stack.mongodb import FerretDBService  # noqa: E402
+from devtools.stack import access  # noqa: E402
 from devtools.stack.settings import StackSettings  # noqa: E402
 from tests.support.stack import PrivateService, stack_with  # noqa: E402
 
@@ -38,8 +39,7 @@ def serving_rows(quick: bool):
         return Load(cars, rate / 5 if quick else rate, seconds / 3 if quick else seconds, bad_share)
 
     state = stack_with("kafka", "mongodb", "gcs")
-    shared = Servers(state["kafka"]["bootstrap_servers"], state["mongodb"]["uri"], FerretDBService(StackSettings()).dir / "data",
-                     state["gcs"]["endpoint"])
+    shared = Servers(access.kafka(), StackSettings(), state["gcs"]["endpoint"])  # as the operator: the rows' topics are their own
 
     def with_private(name, run):
         def go(workdir: Path) -> dict:
@@ -55,10 +55,9 @@ def serving_rows(quick: bool):
         ("transformer_kill_row", lambda w: serving.transformer_kill_row(shared, w, load(1000, 5000, 60))),
         ("model_server_kill_row", lambda w: serving.model_server_kill_row(shared, w, load(1000, 5000, 60))),
         ("mongodb_down_row", with_private("mongodb", lambda svc, w: serving.mongodb_down_row(
-            Servers(shared.kafka, svc.endpoint["uri"], svc.service.dir / "data", shared.gcs_endpoint), w,
-            load(1000, 5000, 3 * down_s), svc, down_s))),
+            replace(shared, mongodb=svc.settings), w, load(1000, 5000, 3 * down_s), svc, down_s))),
         ("gcs_down_row", with_private("gcs", lambda svc, w: serving.gcs_down_row(
-            Servers(shared.kafka, shared.mongodb_uri, shared.mongodb_data, svc.endpoint["endpoint"]), w, load(1000, 1000, 60), svc))),
+            replace(shared, gcs_endpoint=svc.endpoint["endpoint"]), w, load(1000, 1000, 60), svc))),
         ("bad_versions_row", lambda w: serving.bad_versions_row(shared, w, load(1000, 5000, 60))),
         ("group_scaling_row", lambda w: serving.group_scaling_row(shared, w, load(20_000, 5000, 60))),
         ("bad_readings_row", lambda w: serving.bad_readings_row(shared, w, load(1000, 10_000, 60, bad_share=0.01))),

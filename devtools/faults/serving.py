@@ -17,13 +17,16 @@ the fault's own figures). Counts are exact:
 offsets reach what the topic held at that moment, i.e. until everything produced before the repair
 is in durable twins. Loads are parameters: the tests run small ones, bench/faults.py the issue's.
 The fixture model, the model server process and private servers come from the test harness
-(tests/serving/harness.py, tests/support/stack.py), as bench/score.py's do.
+(tests/serving/harness.py, tests/support/stack.py), as bench/score.py's do. The harness and every
+transformer member log in as the operator (admin), secured stack or not: the row's topics and group
+are its own, on which no service principal has rights.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -35,12 +38,17 @@ from typing import Callable
 
 import numpy as np
 
+from devtools.stack import access
+from devtools.stack.mongodb import FerretDBService, ensure_id_lookup_indexes
+from devtools.stack.settings import StackSettings
 from fleetpulse.alerts import decode_alert
+from fleetpulse.clients import kafka_config
 from fleetpulse.codec import decode_batch, encode_batch
 from fleetpulse.contract import INT_FIELDS, SENSOR_FIELDS
 from fleetpulse.hysteresis import STATUS_NAMES, status_timeline
 from fleetpulse.readings import implausible
 from fleetpulse.retry import Backoff, retry
+from fleetpulse.settings import KafkaConnection
 from tests.serving.harness import (
     FLEETPULSE,
     MEAN,
@@ -62,12 +70,25 @@ SPELL, PERIOD = 12, 40  # each car is failing for SPELL of every PERIOD readings
 
 @dataclass(frozen=True)
 class Servers:
-    """The Kafka, FerretDB and fake GCS a row runs against (FerretDB's data dir: for its _id lookup index)."""
+    """The Kafka, FerretDB and fake GCS a row runs against.
 
-    kafka: str
-    mongodb_uri: str
-    mongodb_data: Path | None
+    ``kafka``: the stack's (``access.kafka()``) or a private server's ``connection``; ``mongodb``: the
+    settings of the stack whose FerretDB holds the twins, the shared one's or a private server's.
+    """
+
+    kafka: KafkaConnection
+    mongodb: StackSettings
     gcs_endpoint: str
+
+    @property
+    def mongodb_uri(self) -> str:
+        """The harness's own (admin's) URI: credentials included when secured, never log it."""
+        return access.mongodb_uri(self.mongodb)
+
+    @property
+    def mongodb_data(self) -> Path:
+        """FerretDB's data dir, for its _id lookup index."""
+        return FerretDBService(self.mongodb).dir / "data"
 
 
 @dataclass(frozen=True)
@@ -101,23 +122,20 @@ class Fleet:
         unique = name or uuid.uuid4().hex[:10]
         self.topic, self.alerts, self.dlq = f"fault-sensor-{unique}", f"fault-alerts-{unique}", f"fault-dlq-{unique}"
         self.group, self.collection = f"fault-transformer-{unique}", f"fault_cars_{unique}"
-        admin = AdminClient({"bootstrap.servers": servers.kafka})
+        admin = AdminClient(kafka_config(servers.kafka))
         for f in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in (self.topic, self.alerts, self.dlq)]).values():
             f.result()
         db = MongoClient(servers.mongodb_uri)["fleetpulse"]
         db.create_collection(self.collection)
-        if servers.mongodb_data is not None:
-            from devtools.stack.mongodb import ensure_id_lookup_indexes
-
-            ensure_id_lookup_indexes(servers.mongodb_data)  # else every twin lookup by _id scans the table
+        ensure_id_lookup_indexes(servers.mongodb_data)  # else every twin lookup by _id scans the table
         self.ids = [f"car-{i:05d}" for i in range(cars)]
         self.steps = np.zeros(cars, np.int64)
         self.acked = np.zeros(cars, np.int64)
         self.sent = 0
         self.rng = np.random.default_rng(13)
-        self.producer = Producer({"bootstrap.servers": servers.kafka, "linger.ms": 5, "enable.idempotence": True, "acks": "all",
-                                  "message.timeout.ms": 0, "queue.buffering.max.messages": 1_000_000,
-                                  "reconnect.backoff.max.ms": 500})
+        self.producer = Producer(kafka_config(servers.kafka, **{"linger.ms": 5, "enable.idempotence": True, "acks": "all",
+                                                                "message.timeout.ms": 0, "queue.buffering.max.messages": 1_000_000,
+                                                                "reconnect.backoff.max.ms": 500}))
 
     def rows(self, cars: np.ndarray, bad_share: float) -> np.ndarray:
         steps = self.steps[cars]
@@ -132,13 +150,32 @@ class Fleet:
         return rows.astype(np.float32)
 
     def produce(self, load: Load, at: dict[float, Callable[[], None]] | None = None) -> None:
-        """``load.rate`` events/s for ``load.seconds`` (cars round robin); ``at[t]()`` runs ``t`` seconds in."""
+        """``load.rate`` events/s for ``load.seconds`` (cars round robin); ``at[t]()`` runs ``t`` seconds in,
+        in its own thread.
+
+        Returns once every action has returned too, raising the first one's error: a row's accounting
+        must not start while its fault's last step (members still stopping, on a secured stack each
+        leaving the group after its own login) is under way.
+        """
         pending = sorted((at or {}).items())
+        actions: list[threading.Thread] = []
+        errors: list[Exception] = []
+
+        def start(fn: Callable[[], None]) -> None:
+            def act():
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001 - raised again once the load is sent
+                    errors.append(exc)
+
+            actions.append(threading.Thread(target=act, daemon=True))
+            actions[-1].start()
+
         tick, next_car, t0 = 0.05, 0, time.monotonic()
         done = 0
         while (elapsed := time.monotonic() - t0) < load.seconds:
             while pending and pending[0][0] <= elapsed:
-                threading.Thread(target=pending.pop(0)[1], daemon=True).start()
+                start(pending.pop(0)[1])
             due = int(load.rate * min(elapsed + tick, load.seconds)) - done
             if due > 0:
                 cars = (next_car + np.arange(due)) % len(self.ids)
@@ -147,8 +184,12 @@ class Fleet:
                 done += due
             time.sleep(max(0.0, t0 + elapsed + tick - time.monotonic()))
         for _, fn in pending:
-            threading.Thread(target=fn, daemon=True).start()
+            start(fn)
         self.producer.flush()
+        for action in actions:
+            action.join()
+        if errors:
+            raise errors[0]
 
     def _send(self, cars: np.ndarray, rows: np.ndarray) -> None:
         for car, payload in zip(cars.tolist(), encode_batch(rows)):
@@ -174,7 +215,7 @@ class Fleet:
         """Every record of ``topic``, read to the high watermarks."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.servers.kafka, "group.id": f"fault-reader-{uuid.uuid4().hex[:8]}",
+        c = Consumer({**kafka_config(self.servers.kafka), "group.id": f"fault-reader-{uuid.uuid4().hex[:8]}",
                       "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         try:
             ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTITIONS)}
@@ -194,7 +235,7 @@ class Fleet:
     def end_offsets(self) -> dict[int, int]:
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.servers.kafka, "group.id": f"fault-ends-{uuid.uuid4().hex[:8]}"})
+        c = Consumer({**kafka_config(self.servers.kafka), "group.id": f"fault-ends-{uuid.uuid4().hex[:8]}"})
         try:
             return {p: c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)[1] for p in range(PARTITIONS)}
         finally:
@@ -203,7 +244,7 @@ class Fleet:
     def committed(self) -> dict[int, int]:
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.servers.kafka, "group.id": self.group, "enable.auto.commit": False})
+        c = Consumer({**kafka_config(self.servers.kafka), "group.id": self.group, "enable.auto.commit": False})
         try:
             tps = c.committed([TopicPartition(self.topic, p) for p in range(PARTITIONS)], timeout=10)
             return {tp.partition: max(tp.offset, 0) for tp in tps}
@@ -228,11 +269,12 @@ class Transformer:
 
         self.log = log
         self.metrics_port = free_port()
-        self.env = {**os.environ, "FLEETPULSE_SCORE_KAFKA_BOOTSTRAP_SERVERS": fleet.servers.kafka, "FLEETPULSE_SCORE_TOPIC": fleet.topic,
-                    "FLEETPULSE_SCORE_ALERTS_TOPIC": fleet.alerts, "FLEETPULSE_SCORE_DLQ_TOPIC": fleet.dlq,
+        servers = fleet.servers
+        self.env = {**os.environ, **access.connection_env("SCORE", servers.kafka), **access.mongodb_env("SCORE", servers.mongodb),
+                    "FLEETPULSE_SCORE_TOPIC": fleet.topic, "FLEETPULSE_SCORE_ALERTS_TOPIC": fleet.alerts, "FLEETPULSE_SCORE_DLQ_TOPIC": fleet.dlq,
                     "FLEETPULSE_SCORE_GROUP_ID": fleet.group, "FLEETPULSE_SCORE_MODEL_GRPC": server.grpc_target,
-                    "FLEETPULSE_SCORE_MODEL_NAME": server.model, "FLEETPULSE_SCORE_MONGODB_URI": fleet.servers.mongodb_uri,
-                    "FLEETPULSE_SCORE_TWIN_COLLECTION": fleet.collection, "FLEETPULSE_SCORE_METRICS_PORT": str(self.metrics_port),
+                    "FLEETPULSE_SCORE_MODEL_NAME": server.model, "FLEETPULSE_SCORE_TWIN_COLLECTION": fleet.collection,
+                    "FLEETPULSE_SCORE_METRICS_PORT": str(self.metrics_port),
                     "FLEETPULSE_SCORE_RETRY_MAX_S": "1", "FLEETPULSE_SCORE_TWIN_INTERVAL_S": "5",
                     "FLEETPULSE_SCORE_STOP_TIMEOUT_S": "180", **{f"FLEETPULSE_SCORE_{k.upper()}": v for k, v in env.items()}}
         self.proc: subprocess.Popen | None = None
@@ -467,7 +509,7 @@ def model_server_kill_row(servers: Servers, workdir: Path, load: Load) -> dict:
 
 
 def mongodb_down_row(servers: Servers, workdir: Path, load: Load, mongodb, down_s: float) -> dict:
-    """FerretDB (``mongodb``: a private tests.support.stack.PrivateService, its URI in ``servers``) down for
+    """FerretDB (``mongodb``: a private tests.support.stack.PrivateService, its settings in ``servers``) down for
     ``down_s``. During the outage the transformer's /healthz turns 503 (stuck_after_s 6) naming mongodb,
     and it is sent SIGTERM: it must exit within its stop timeout (5 s, ``stop_s``); the member started in
     its place once FerretDB is back loses nothing."""
@@ -559,7 +601,7 @@ def bad_versions_row(servers: Servers, workdir: Path, load: Load) -> dict:
         served = wait_for_version(run.server, versions.get("lstm", -1), 60)
         summaries = run.finish()
         log = (workdir / "serve.log").read_text()
-        skipped = [v for k, v in versions.items() if k != "lstm" and f"version {v} is invalid" in log]
+        skipped = [v for k, v in versions.items() if k != "lstm" and re.search(rf"version {v} \([^)]*\) is invalid", log)]
         return account(run.fleet, "truncated model, wrong signature, other input shape published as newest", load.describe(),
                        recovery.wait(), invalid_skipped=len(skipped), served_other_shape=served is not None,
                        transformer_retries=sum(sum(s["retries"].values()) for s in summaries))

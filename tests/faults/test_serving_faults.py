@@ -4,11 +4,12 @@ alerts, deduplicated by (car, source partition, source offset), are exactly the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from devtools.faults import serving
 from devtools.faults.serving import Load, Servers
-from devtools.stack.mongodb import FerretDBService
 from devtools.stack.settings import StackSettings
 
 pytestmark = pytest.mark.slow
@@ -17,8 +18,8 @@ LOAD = Load(cars=200, rate=1000, seconds=20)
 
 
 @pytest.fixture
-def servers(kafka_bootstrap, mongodb_uri, gcs_endpoint) -> Servers:
-    return Servers(kafka_bootstrap, mongodb_uri, FerretDBService(StackSettings()).dir / "data", gcs_endpoint)
+def servers(kafka, gcs_endpoint) -> Servers:
+    return Servers(kafka, StackSettings(), gcs_endpoint)
 
 
 def assert_nothing_lost(row: dict) -> None:
@@ -43,7 +44,7 @@ def test_kill_9_of_the_model_server_loses_nothing(servers, tmp_path):
 
 def test_ferretdb_down_is_visible_on_healthz_a_sigterm_then_is_bounded_and_nothing_is_lost(servers, private_service, tmp_path):
     mongo = private_service("mongodb")
-    private = Servers(servers.kafka, mongo.endpoint["uri"], mongo.service.dir / "data", servers.gcs_endpoint)
+    private = replace(servers, mongodb=mongo.settings)
     row = serving.mongodb_down_row(private, tmp_path, Load(cars=200, rate=1000, seconds=30), mongo, down_s=15)
     assert_nothing_lost(row)
     assert row["stuck_reason"] == "mongodb"
@@ -52,7 +53,7 @@ def test_ferretdb_down_is_visible_on_healthz_a_sigterm_then_is_bounded_and_nothi
 
 def test_gcs_down_at_server_start_and_after_a_new_version_is_published(servers, private_service, tmp_path):
     gcs = private_service("gcs")
-    private = Servers(servers.kafka, servers.mongodb_uri, servers.mongodb_data, gcs.endpoint["endpoint"])
+    private = replace(servers, gcs_endpoint=gcs.endpoint["endpoint"])
     row = serving.gcs_down_row(private, tmp_path, LOAD, gcs)
     assert_nothing_lost(row)
     assert row["served_new_version"]
