@@ -21,7 +21,7 @@ def stack() -> None:
 @stack.command("up")
 @click.option("--mqtt-brokers", default=1, show_default=True, type=click.IntRange(1, 16), help="Mosquitto processes (one holds ~20,000 connections).")
 @click.option("--secure/--insecure", default=None,
-              help="TLS, an identity per car and service, ACLs (`stack credentials`). [default: as last brought up; off for a new stack]")
+              help="TLS, an identity per car and service, ACLs (`stack credentials`). [default: as last brought up; on for a new stack]")
 def stack_up(mqtt_brokers: int, secure: bool | None) -> None:
     """Install (first time) and start the servers; wait until each answers a round trip."""
     settings = StackSettings() if secure is None else StackSettings(secure=secure)

@@ -43,10 +43,10 @@ def mqtt_broker_count(settings: StackSettings) -> int:
 
 
 def resolved(settings: StackSettings) -> StackSettings:
-    """``settings`` with ``secure`` decided: as given, else as the stack was last brought up (off for a new one)."""
+    """``settings`` with ``secure`` decided: as given, else as the stack was last brought up (on for a new one)."""
     if settings.secure is not None:
         return settings
-    return settings.model_copy(update={"secure": bool(_layout(settings).get("secure", False))})
+    return settings.model_copy(update={"secure": bool(_layout(settings).get("secure", True))})
 
 
 def services(settings: StackSettings, mqtt_brokers: int | None = None) -> list[Service]:

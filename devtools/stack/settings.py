@@ -25,8 +25,8 @@ class StackSettings(LocalEndpoints):
     kafka_heap: str = "1g"
     start_timeout_s: float = 90.0
     secure: bool | None = None
-    """TLS, an identity per car and service, and ACLs (`stack up --secure`); None: as the stack was
-    last brought up (off for a new one)."""
+    """TLS, an identity per car and service, and ACLs (`stack up --insecure` turns them off); None: as
+    the stack was last brought up (on for a new one)."""
     mqtt_tls_port: int | None = None
     """Mosquitto's first TLS port (broker i listens on it + i); default mqtt_port + 7000, MQTT's 1883 -> 8883."""
     mongodb_backend: Literal["sqlite", "postgresql"] = "sqlite"
