@@ -13,6 +13,7 @@ the production signature) and `fleetpulse score` as their own processes.
 - Shadow scoring (#17): the model has a stable and a candidate version on its channels, so the server
   serves both; throughput and latency are measured with the shadow off (SHADOW_SHARE=0, the
   baseline) and on for every car (SHADOW_SHARE=1: every event scored twice), in the same run.
+Kafka as the operator (admin), secured stack or not: the bench's topics and groups are its own.
 Writes bench/results/score.json.
 """
 
@@ -24,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -36,12 +36,15 @@ sys.path.insert(0, str(ROOT))
 
 from fleetpulse import endpoints  # noqa: E402
 from devtools.benchmarking import write_result  # noqa: E402
+from devtools.stack import access  # noqa: E402
+from devtools.stack.settings import StackSettings  # noqa: E402
+from fleetpulse.clients import kafka_config  # noqa: E402
 from fleetpulse.codec import encode_batch  # noqa: E402
 from fleetpulse.alerts import decode_alert  # noqa: E402
 from fleetpulse.model_store import candidate_model_name  # noqa: E402
 from tests.serving.harness import FLEETPULSE, MEAN, STD, ModelServer, release_model  # noqa: E402
 
-KAFKA = endpoints.KAFKA_BOOTSTRAP
+KAFKA = access.kafka()
 
 
 def fleet_rows(step: int, n_cars: int, rng) -> np.ndarray:
@@ -55,7 +58,7 @@ def fleet_rows(step: int, n_cars: int, rng) -> np.ndarray:
 def create_topics(*names: str, partitions: int = 6) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": KAFKA})
+    admin = AdminClient(kafka_config(KAFKA))
     for f in admin.create_topics([NewTopic(t, partitions, 1) for t in names]).values():
         f.result()
 
@@ -63,7 +66,7 @@ def create_topics(*names: str, partitions: int = 6) -> None:
 def preload(topic: str, n_events: int, n_cars: int) -> None:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 20, "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000})
+    producer = Producer(kafka_config(KAFKA, **{"linger.ms": 20, "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000}))
     rng = np.random.default_rng(0)
     keys = [f"car-{i:05d}".encode() for i in range(n_cars)]
     step = 0
@@ -80,23 +83,25 @@ def preload(topic: str, n_events: int, n_cars: int) -> None:
     producer.flush()
 
 
-MONGODB_URI = endpoints.MONGODB_URI  # replaced by a private FerretDB in main()
+MONGODB: StackSettings | None = None  # the shared stack's FerretDB; a private one in main()
 
 
 def private_ferretdb():
-    """A FerretDB of our own: bulk twin writes at bench rates would stall the shared one for everyone."""
+    """A FerretDB of our own: bulk twin writes at bench rates would stall the shared one for everyone.
+    Unsecured, like the tests' private servers: on a secured stack the figures include Kafka's TLS and
+    SASL, not MongoDB's TLS."""
     from devtools.stack.mongodb import FerretDBService
     from devtools.stack.process import free_port
-    from devtools.stack.settings import StackSettings
 
-    svc = FerretDBService(StackSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-ferretdb-")), mongodb_port=free_port()))
+    svc = FerretDBService(StackSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-ferretdb-")), mongodb_port=free_port(), secure=False))
     svc.start()
     svc.wait_ready(60)
     return svc
 
 
 def score_env(unique: str, server: ModelServer, topic: str, alerts: str, **extra) -> dict:
-    return {**os.environ, "FLEETPULSE_SCORE_MONGODB_URI": MONGODB_URI, "FLEETPULSE_SCORE_TOPIC": topic, "FLEETPULSE_SCORE_ALERTS_TOPIC": alerts,
+    return {**os.environ, **access.connection_env("SCORE", KAFKA), **access.mongodb_env("SCORE", MONGODB),
+            "FLEETPULSE_SCORE_TOPIC": topic, "FLEETPULSE_SCORE_ALERTS_TOPIC": alerts,
             "FLEETPULSE_SCORE_DLQ_TOPIC": f"bench-dlq-{unique}", "FLEETPULSE_SCORE_GROUP_ID": f"bench-{unique}",
             "FLEETPULSE_SCORE_MODEL_GRPC": server.grpc_target, "FLEETPULSE_SCORE_MODEL_NAME": server.model,
             "FLEETPULSE_SCORE_TWIN_DATABASE": "fleetpulse_bench", "FLEETPULSE_SCORE_TWIN_COLLECTION": f"cars_{unique}",
@@ -106,7 +111,7 @@ def score_env(unique: str, server: ModelServer, topic: str, alerts: str, **extra
 def drop_twins(unique: str) -> None:
     from pymongo import MongoClient
 
-    MongoClient(MONGODB_URI)["fleetpulse_bench"][f"cars_{unique}"].drop()
+    MongoClient(access.mongodb_uri(MONGODB))["fleetpulse_bench"][f"cars_{unique}"].drop()
 
 
 # ---- model server alone -------------------------------------------------------------------------
@@ -166,9 +171,9 @@ def naive_baseline(server: ModelServer, seconds: float, n_cars: int) -> dict:
     topic, alerts = f"bench-naive-{unique}", f"bench-naive-alerts-{unique}"
     create_topics(topic, alerts)
     preload(topic, int(seconds * 3000) + 2000, n_cars)
-    consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"naive-{unique}", "auto.offset.reset": "earliest"})
+    consumer = Consumer({**kafka_config(KAFKA), "group.id": f"naive-{unique}", "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
-    producer = Producer({"bootstrap.servers": KAFKA})
+    producer = Producer(kafka_config(KAFKA))
     http = httpx.Client(timeout=30)
     url = f"{server.url}/v2/models/{server.model}/infer"
     n, t0 = 0, None
@@ -207,7 +212,7 @@ def latency_at_rate(server: ModelServer, rate: int, seconds: float, n_cars: int,
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen([FLEETPULSE, "score", "--until-idle", "4", "--json"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     time.sleep(4)  # consumer group join
-    producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 2, "queue.buffering.max.messages": 1000000})
+    producer = Producer(kafka_config(KAFKA, **{"linger.ms": 2, "queue.buffering.max.messages": 1000000}))
     rng = np.random.default_rng(2)
     keys = [f"car-{i:05d}".encode() for i in range(n_cars)]
     tick = 0.05
@@ -233,7 +238,7 @@ def latency_at_rate(server: ModelServer, rate: int, seconds: float, n_cars: int,
     producer.flush()
     out, _ = proc.communicate(timeout=600)
     summary = json.loads(out.strip().splitlines()[-1])
-    consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"lat-{unique}", "auto.offset.reset": "earliest"})
+    consumer = Consumer({**kafka_config(KAFKA), "group.id": f"lat-{unique}", "auto.offset.reset": "earliest"})
     consumer.subscribe([alerts])
     lat, idle = [], 0
     while idle < 3:
@@ -260,9 +265,9 @@ def main() -> None:
     events = 150_000 if args.quick else 1_000_000
     live_s = 10 if args.quick else 30
     alone_s = 1.0 if args.quick else 3.0
-    global MONGODB_URI
+    global MONGODB
     mongo = private_ferretdb()
-    MONGODB_URI = mongo.uri
+    MONGODB = mongo.settings
     model = f"bench-anomaly-{uuid.uuid4().hex[:8]}"
     release_model(endpoints.GCS_ENDPOINT, model, Path(tempfile.mkdtemp()))  # stable
     release_model(endpoints.GCS_ENDPOINT, model, Path(tempfile.mkdtemp()))  # the candidate the shadow runs scores
@@ -304,6 +309,7 @@ def main() -> None:
     ] + [{"metric": k, "value": v, "unit": "rows/s"} for k, v in alone.items()]
     path = write_result("score", {"quick": args.quick, "conditions": {"cars": args.cars, "model": "fixture z-score SavedModel",
                                                                       "twin_store": "private FerretDB 1.24 (SQLite)", "shared_machine": True,
+                                                                      "kafka_security_protocol": KAFKA.security_protocol,
                                                                       "events_per_s_definition": "consumed / (first record -> last poll batch applied, checkpoints included)"},
                                   "server_alone": alone, "naive_baseline": naive, "throughput": thr, "latency": lat,
                                   "throughput_shadow": thr_shadow, "latency_shadow": lat_shadow}, table)
