@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,8 @@ from devtools.stack.settings import StackSettings  # noqa: E402
 from simulator.car_model import car_id  # noqa: E402
 
 FLEETPULSE = str(Path(sys.executable).with_name("fleetpulse"))
+RESULTS = ROOT / "bench" / "results" / "security.json"
+PARTS = ("bridge", "simulator", "connections")
 BROKER_CONNECTIONS = 17_000
 """Car connections per Mosquitto: under its 20,000 open files, with room for its own."""
 
@@ -168,32 +171,22 @@ def bridge_runs(stacks: list[Stack], n: int, repeats: int) -> dict:
     return out
 
 
-def simulate(stack: Stack, env: dict[str, str], qos: int, *args: str, metrics_port: int | None = None,
-             connections: int | None = None) -> dict:
-    """`fleetpulse simulate` against ``stack`` with a counting subscriber; the summary, CPU and delivery.
-
-    With ``connections``, also when they were all open (``--metrics`` gauge polled every 0.1 s) and the
-    CPU the simulator and the brokers had used by then."""
+def simulate(stack: Stack, env: dict[str, str], qos: int, *args: str) -> dict:
+    """`fleetpulse simulate` against ``stack`` with a counting subscriber; the summary, CPU and delivery."""
     counter = simulator_bench.Counter(stack.plain_ports, 0, stack.counter_login)
     brokers = stack.broker_pids()
     broker_cpu0 = cpu_s(brokers)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    full_env = {**os.environ, **env}
     argv = [FLEETPULSE, "simulate", "--json", "--quiet", "--truth-topic", "", "--qos", str(qos), *args]
-    if metrics_port is not None:
-        argv.append("--metrics")
-        full_env["FLEETPULSE_SIMULATOR_METRICS_PORT"] = str(metrics_port)
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    opened = _wait_open(proc, metrics_port, connections, stack, t0, broker_cpu0) if connections else {}
-    out, err = proc.communicate(timeout=1800)
+    proc = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     broker_cpu = cpu_s(brokers) - broker_cpu0
     if proc.returncode != 0:
         counter.wait(0, timeout=1)
-        return {"args": list(args), "qos": qos, "error": err.strip()[-500:], **opened}
-    summary = json.loads(out)
+        return {"args": list(args), "qos": qos, "error": proc.stderr.strip()[-500:]}
+    summary = json.loads(proc.stdout)
     delivered = counter.wait(summary["events_sent"], quiet_s=3.0, timeout=300)
     sim_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
@@ -201,26 +194,70 @@ def simulate(stack: Stack, env: dict[str, str], qos: int, *args: str, metrics_po
         "events_per_s": summary["events_per_s"], "acked": summary["acked"], "errors": summary["errors"],
         "connections": summary["connections"], "workers": summary["workers"], "delivered": delivered,
         "simulator_cpu_s": round(sim_cpu, 2), "cpu_us_per_event": round(sim_cpu / summary["events_sent"] * 1e6, 2) if summary["events_sent"] else None,
-        "broker_cpu_s": round(broker_cpu, 2), "wall_s": round(wall, 2), "rss_mb": summary["rss_mb"], **opened,
+        "broker_cpu_s": round(broker_cpu, 2), "wall_s": round(wall, 2), "rss_mb": summary["rss_mb"],
     }
 
 
-def _wait_open(proc: subprocess.Popen, port: int, connections: int, stack: Stack, t0: float, broker_cpu0: float) -> dict:
-    """Poll the simulator's open-connections gauge until ``connections``; the time and CPU it took."""
+def connect(stack: Stack, cars: int, timeout_s: float = 1500) -> dict:
+    """``cars`` cars, one connection each: seconds from starting `fleetpulse simulate` until every one is
+    open, and the CPU the simulator (its workers included) and the brokers had used by then.
+
+    The run is long and sparse (one event per car per 100 s) so that no worker is done, closing its
+    connections, before the last has opened its own; it is stopped once all are open. A worker reports
+    its connections once all of them are open (the ``--metrics`` gauge, polled every 0.1 s), so the
+    milestones are per worker."""
     brokers = stack.broker_pids()
-    best = 0
-    while proc.poll() is None:
+    broker_cpu0 = cpu_s(brokers)
+    port = free_port()
+    argv = [FLEETPULSE, "simulate", "--json", "--quiet", "--truth-topic", "", "--qos", "0", "--metrics", "--cars", str(cars),
+            "--connections", str(cars), "--rate", "0.01", "--duration", "3000"]
+    env = {**os.environ, **stack.car_env(cars), "FLEETPULSE_SIMULATOR_METRICS_PORT": str(port)}
+    with tempfile.TemporaryFile("w+") as err:  # a pipe nobody reads until the end would fill and block the workers' logging
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        row: dict = {"cars": cars, "secured": stack.secure, "all_open_s": None, "open_after_s": {}}
         try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            best = max(best, int(next((float(line.split()[-1]) for line in text.splitlines()
-                                       if line.startswith("fleetpulse_simulator_open_connections ")), 0)))
-        except OSError:
+            while proc.poll() is None and time.monotonic() - t0 < timeout_s:
+                opened = _open_connections(port)
+                if opened and opened not in row["open_after_s"]:
+                    row["open_after_s"][opened] = round(time.monotonic() - t0, 2)
+                if opened >= cars:
+                    row.update(all_open_s=round(time.monotonic() - t0, 2), simulator_cpu_to_open_s=round(cpu_s(_tree(proc.pid)), 2),
+                               broker_cpu_to_open_s=round(cpu_s(brokers) - broker_cpu0, 2), simulator_workers=len(_tree(proc.pid)) - 1)
+                    break
+                time.sleep(0.1)
+        finally:
+            _stop_tree(proc)
+        if row["all_open_s"] is None:
+            err.seek(0)
+            row["error"] = err.read()[-1000:] or f"not all open within {timeout_s:.0f} s"
+    return row
+
+
+def _open_connections(port: int) -> int:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    return int(next((float(line.split()[-1]) for line in text.splitlines() if line.startswith("fleetpulse_simulator_open_connections ")), 0))
+
+
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM the simulator and its workers (ours), then SIGKILL what is left after 30 s."""
+    pids = _tree(proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(30)
+            if not any(Path(f"/proc/{p}").exists() for p in pids[1:]):
+                return
+        except subprocess.TimeoutExpired:
             pass
-        if best >= connections:
-            return {"all_open_s": round(time.monotonic() - t0, 2), "simulator_cpu_to_open_s": round(cpu_s(_tree(proc.pid)), 2),
-                    "broker_cpu_to_open_s": round(cpu_s(brokers) - broker_cpu0, 2)}
-        time.sleep(0.1)
-    return {"all_open_s": None, "most_open": best}
+        time.sleep(2)
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -234,7 +271,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller runs, 20,000 connections")
     ap.add_argument("--cars", type=int, default=None, help="cars (= connections) of the connection run [100,000; 20,000 quick]")
+    ap.add_argument("--only", nargs="*", choices=PARTS, help="run only these parts; the others are kept from the last results")
     opts = ap.parse_args()
+    only = set(opts.only or PARTS)
     cars = opts.cars or (20_000 if opts.quick else 100_000)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the brokers inherit it
@@ -242,21 +281,25 @@ def main() -> None:
     per_car_fleet = 2_000 if opts.quick else 5_000
     load0 = os.getloadavg()
     stacks = [Stack(False, n_brokers, 41000), Stack(True, n_brokers, 42000)]
-    result: dict = {"conditions": {"loadavg_at_start": load0, "open_files_limit": [hard, hard], "nice": os.nice(0), "brokers": n_brokers,
-                                   "connections_per_broker_max": BROKER_CONNECTIONS, "quick": opts.quick,
-                                   "note": "2 cores shared with other engineers' work; brokers, Kafka, subscriber and clients on the same cores"}}
+    previous = RESULTS.exists() and opts.only and json.loads(RESULTS.read_text())
+    result: dict = {part: previous[part] for part in PARTS if previous and part not in only and part in previous}
+    result["conditions"] = {"loadavg_at_start": load0, "open_files_limit": [hard, hard], "nice": os.nice(0), "brokers": n_brokers,
+                            "connections_per_broker_max": BROKER_CONNECTIONS, "quick": opts.quick,
+                            "note": "2 cores shared with other engineers' work; brokers, Kafka, subscriber and clients on the same cores",
+                            "parts_run": sorted(only), **({"kept_parts_conditions": previous["conditions"]} if previous else {})}
     try:
         for s in stacks:
             t = time.monotonic()
             s.up(cars)
             print(f"{s.label} stack up ({n_brokers} brokers) in {time.monotonic() - t:.0f}s", flush=True)
 
-        print("bridge, QoS 1:", flush=True)
-        result["bridge"] = bridge_runs(stacks, 40_000 if opts.quick else 150_000, 1 if opts.quick else 2)
+        if "bridge" in only:
+            print("bridge, QoS 1:", flush=True)
+            result["bridge"] = bridge_runs(stacks, 40_000 if opts.quick else 150_000, 1 if opts.quick else 2)
 
         secs = "5" if opts.quick else "10"
         sim: dict = {}
-        for _ in range(1 if opts.quick else 2):
+        for _ in range((1 if opts.quick else 2) if "simulator" in only else 0):
             for s in stacks:
                 # Multiplexed: 4 connections as the gateway; 300,000 ev/s asked for, so events/s is the capacity.
                 r = simulate(s, s.mqtt_env(), 1, "--cars", "10000", "--rate", "30", "--duration", secs, "--connections", "4")
@@ -266,18 +309,17 @@ def main() -> None:
                              "--rate", "20", "--duration", secs)
                 sim.setdefault(f"{s.label}_per_car", []).append(r)
                 print(f"  simulator per car [{s.label}]: {r.get('events_per_s')} ev/s, {r.get('cpu_us_per_event')} us/event {r.get('error', '')}", flush=True)
-        result["simulator"] = {k: {**max(v, key=lambda r: r.get("events_per_s") or 0), "tries_events_per_s": [r.get("events_per_s") for r in v]}
-                               for k, v in sim.items()}
+        if sim:
+            result["simulator"] = {k: {**max(v, key=lambda r: r.get("events_per_s") or 0), "tries_events_per_s": [r.get("events_per_s") for r in v]}
+                                   for k, v in sim.items()}
 
-        conn: dict = {}
-        for s in stacks:
-            # One event per car (--rate 0.1 for 10 s): the run is the connecting.
-            r = simulate(s, s.car_env(cars), 0, "--cars", str(cars), "--connections", str(cars), "--rate", "0.1", "--duration", "10",
-                         metrics_port=free_port(), connections=cars)
-            conn[f"{s.label}_{cars}"] = r
-            print(f"  {cars:,} connections [{s.label}]: all open after {r.get('all_open_s')} s, simulator CPU {r.get('simulator_cpu_to_open_s')} s, "
-                  f"brokers {r.get('broker_cpu_to_open_s')} s {r.get('error', '')}", flush=True)
-        result["connections"] = conn
+        if "connections" in only:
+            conn: dict = {}
+            for s in stacks:
+                conn[f"{s.label}_{cars}"] = r = connect(s, cars)
+                print(f"  {cars:,} connections [{s.label}]: all open after {r.get('all_open_s')} s, simulator CPU {r.get('simulator_cpu_to_open_s')} s, "
+                      f"brokers {r.get('broker_cpu_to_open_s')} s {r.get('error', '')}", flush=True)
+            result["connections"] = conn
     finally:
         for s in stacks:
             s.down()
