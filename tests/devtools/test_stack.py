@@ -135,6 +135,7 @@ def private_stack_env(tmp_path) -> dict:
         "FLEETPULSE_STACK_KAFKA_PORT": str(free_port()),
         "FLEETPULSE_STACK_KAFKA_CONTROLLER_PORT": str(free_port()),
         "FLEETPULSE_STACK_MQTT_PORT": str(free_port()),
+        "FLEETPULSE_STACK_MQTT_TLS_PORT": str(free_port()),  # a new stack is secured: its TLS listener too
         "FLEETPULSE_STACK_MONGODB_PORT": str(free_port()),
         "FLEETPULSE_STACK_GCS_PORT": str(free_port()),
         "FLEETPULSE_STACK_KAFKA_HEAP": "512m",

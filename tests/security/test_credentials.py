@@ -76,7 +76,11 @@ def test_names_that_are_no_car_or_client_are_refused_in_one_line(stack_env, name
 
 def test_an_unsecured_stack_has_no_credentials_to_give(tmp_path):
     with pytest.raises(StackError, match="without security"):
-        control.credentials(StackSettings(state_dir=tmp_path), "bridge")
+        control.credentials(StackSettings(state_dir=tmp_path, secure=False), "bridge")  # `stack up --insecure`
+
+
+def test_a_new_stack_is_secured_unless_asked_otherwise(tmp_path):
+    assert control.resolved(StackSettings(state_dir=tmp_path)).secure is True
 
 
 def test_secrets_live_in_files_only_their_owner_reads(secure_settings, credentials):
