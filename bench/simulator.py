@@ -175,7 +175,6 @@ def run_simulate(brokers: Brokers, qos: int, *args: str) -> dict:
 
 def run_naive(brokers: Brokers, cars: int, seconds: float) -> dict:
     """Baseline: one paho client per car, publish() per event in a Python loop, same model and codec."""
-    import numpy as np
     import paho.mqtt.client as mqtt
 
     from fleetpulse.codec import encode_batch

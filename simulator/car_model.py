@@ -100,7 +100,7 @@ class CarBlock:
 
     def step(self) -> Step:
         """Advance every car by one sample (``sample_interval_s`` simulated seconds)."""
-        n, r, dt = self.n, self.rng, self.dt
+        n, r = self.n, self.rng
         # Every draw happens every step in this order, whatever the cars' states: determinism.
         u_kind, u_target, u_len = r.random(n), r.random(n), r.exponential(1.0, n)
         thr_noise, iat_noise, coolant_u = r.normal(0.0, 1.0, n), r.normal(0.0, 1.0, n), r.random(n)

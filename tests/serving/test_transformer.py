@@ -88,7 +88,7 @@ def test_mongodb_killed_mid_stream_loses_nothing(model_server, kafka, private_se
 def test_nan_infinite_and_impossible_readings_go_to_the_dlq_and_never_clear_a_failing_car(model_server, kafka, unique):
     run = Run(unique, kafka, model_server)
     rng = np.random.default_rng(12)
-    ids = produce_one_failing_car(run, rng, steps=20, fails_from=5)  # car-000 is failing by its 11th reading
+    produce_one_failing_car(run, rng, steps=20, fails_from=5)  # car-000 is failing by its 11th reading
     bad = healthy_rows(3, rng)
     bad[0, 2], bad[1, 5], bad[2, 3] = np.nan, np.inf, 7.0  # battery_percentage 7 is impossible (a fraction)
     for _ in range(4):  # more than the m = 5 clean readings would clear it, had they counted as clean

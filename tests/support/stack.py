@@ -15,6 +15,7 @@ from devtools.stack.mongodb import FerretDBService
 from devtools.stack.mqtt import MosquittoService
 from devtools.stack.process import free_port
 from devtools.stack.settings import StackSettings
+from fleetpulse.settings import KafkaConnection
 
 SERVICES = {"kafka": KafkaService, "mqtt": MosquittoService, "mongodb": FerretDBService, "gcs": FakeGCSService}
 
@@ -57,7 +58,7 @@ class PrivateService:
         return self.service.endpoint()
 
     @property
-    def connection(self) -> "KafkaConnection":
+    def connection(self) -> KafkaConnection:
         """A client's connection to this private Kafka."""
         from devtools.stack import access
 
