@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import random
 import socket
 import subprocess
 import time
@@ -104,10 +105,34 @@ def _alive(pid: int) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (another process may still take it before the caller binds)."""
+    """A port nothing listens on right now (another process may still take it before the caller binds),
+    outside the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken while its server is down:
+    a client reconnecting to it may be given that very port as its own source port and connect to
+    itself (TCP simultaneous open), and then the restarted server cannot bind (seen: the Mosquitto kill -9
+    row, "port is taken" on restart, its publisher reconnecting meanwhile).
+    """
+    low, high = _ephemeral_range()
+    candidates = range(high + 1, 65536) if 65535 - high >= 1000 else range(10000, low)
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def port_in_use(host: str, port: int) -> bool:
