@@ -30,7 +30,7 @@ from bridges.metrics import BridgeMetrics
 from bridges.mqtt_source import LoginRefused, MqttSource
 from bridges.settings import BridgeSettings
 from bridges.validation import Screen
-from fleetpulse.clients import AccessDenied
+from fleetpulse.errors import AccessDenied
 from fleetpulse.contract import MQTT_TOPIC_PREFIX
 from fleetpulse.errors import FleetPulseError
 from fleetpulse.mqtt_wire import Parsed, ProtocolError

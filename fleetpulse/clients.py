@@ -7,7 +7,7 @@ import socket
 import time
 from typing import Iterable
 
-from fleetpulse.errors import BrokerUnavailable, FleetPulseError
+from fleetpulse.errors import AccessDenied, BrokerUnavailable
 from fleetpulse.settings import KafkaConnection, MqttConnection, parse_hostports
 from fleetpulse.topics import TOPICS, TopicSpec
 
@@ -17,10 +17,6 @@ def kafka_config(connection: KafkaConnection | str, **extra) -> dict:
     if isinstance(connection, str):
         connection = KafkaConnection(bootstrap_servers=connection)
     return {**connection.librdkafka(), **extra}
-
-
-class AccessDenied(FleetPulseError):
-    """A server refused this identity: a failed login, or an action its rights (ACLs) do not grant."""
 
 
 MQTT_LOGIN_REFUSALS = (0x85, 0x86, 0x87, 0x8A)

@@ -19,5 +19,9 @@ class BrokerUnavailable(FleetPulseError):
     """A server (Kafka, MQTT, MongoDB, GCS, the model server) cannot be reached."""
 
 
+class AccessDenied(FleetPulseError):
+    """A server refused this identity: a failed login, or an action its rights (ACLs) do not grant."""
+
+
 class StackError(FleetPulseError):
     """The local stack could not be installed or started."""

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetpulse import mqtt_wire as wire
-from fleetpulse.clients import MQTT_LOGIN_REFUSALS, AccessDenied
+from fleetpulse.clients import MQTT_LOGIN_REFUSALS
+from fleetpulse.errors import AccessDenied
 from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.retry import Backoff
 

@@ -7,8 +7,8 @@ identity for the `fleetpulse` process that plays the service. Without security e
 plain connection, so the same call sites work both ways.
 
 A service process gets its connection as environment variables of its own settings prefix
-(``FLEETPULSE_<PREFIX>_KAFKA_...``, ``..._MONGODB_URI``); its password is in a 0600 file beside the
-stack's credentials (``identities/<name>.password``), named by ``..._PASSWORD_FILE``: never in argv.
+(``FLEETPULSE_<PREFIX>_KAFKA_...``, ``..._MONGODB_URI``); its password is in a 0600 file in a private directory of the
+user's temp dir (``_secret_file``), named by ``..._PASSWORD_FILE``: never in argv.
 """
 
 from __future__ import annotations
@@ -44,16 +44,6 @@ def kafka(settings: StackSettings | None = None, identity: str = ADMIN) -> Kafka
 def mongodb_uri(settings: StackSettings | None = None, identity: str = ADMIN) -> str:
     """``identity``'s MongoDB URI (with its credentials when secured: a secret, never log it)."""
     return FerretDBService(_settings(settings)).uri_for(identity)
-
-
-def password_file(settings: StackSettings | None, identity: str) -> Path:
-    """A 0600 file holding only ``identity``'s password, for a ``..._PASSWORD_FILE`` setting."""
-    s = _settings(settings)
-    path = s.identities_dir / f"{identity}.password"
-    password = IdentityStore(s.identities_dir).password(identity)  # a service or admin: cars use the provisioning file
-    if not path.exists() or path.read_text() != password:
-        write_private(path, password)
-    return path
 
 
 def kafka_env(prefix: str, settings: StackSettings | None = None, identity: str = ADMIN) -> dict[str, str]:
@@ -112,7 +102,7 @@ def mqtt_env(prefix: str, settings: StackSettings | None = None, identity: str =
     env = {f"FLEETPULSE_{prefix}_MQTT_BROKERS": conn.brokers, f"FLEETPULSE_{prefix}_MQTT_TLS": str(conn.tls).lower()}
     if conn.tls:
         env.update({f"FLEETPULSE_{prefix}_MQTT_CA_FILE": str(conn.ca_file), f"FLEETPULSE_{prefix}_MQTT_USERNAME": identity,
-                    f"FLEETPULSE_{prefix}_MQTT_PASSWORD_FILE": str(password_file(settings, identity))})
+                    f"FLEETPULSE_{prefix}_MQTT_PASSWORD_FILE": str(_secret_file(conn.password.get_secret_value()))})
     return env
 
 
@@ -124,7 +114,7 @@ def mongodb_env(prefix: str, settings: StackSettings | None = None, identity: st
         return {f"FLEETPULSE_{prefix}_MONGODB_URI": svc.uri}
     return {f"FLEETPULSE_{prefix}_MONGODB_URI": f"mongodb://{svc.host}:{svc.port}/",
             f"FLEETPULSE_{prefix}_MONGODB_USERNAME": identity,
-            f"FLEETPULSE_{prefix}_MONGODB_PASSWORD_FILE": str(password_file(s, identity)),
+            f"FLEETPULSE_{prefix}_MONGODB_PASSWORD_FILE": str(_secret_file(IdentityStore(s.identities_dir).password(identity))),
             f"FLEETPULSE_{prefix}_MONGODB_TLS": "true", f"FLEETPULSE_{prefix}_MONGODB_CA_FILE": str(Pki(s.pki_dir).ca_file)}
 
 

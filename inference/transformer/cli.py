@@ -148,7 +148,7 @@ def require_mongodb(client, settings) -> None:
     (never the URI: it may hold credentials)."""
     from pymongo.errors import OperationFailure, PyMongoError
 
-    from fleetpulse.clients import AccessDenied
+    from fleetpulse.errors import AccessDenied
     from fleetpulse.errors import BrokerUnavailable
 
     where = f"MongoDB at {settings.mongodb_target}"

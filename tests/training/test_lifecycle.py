@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from fleetpulse.settings import KafkaConnection
 from fleetpulse.shadow import ShadowBatch, encode_shadow
 from fleetpulse.topics import ALERTS, GROUND_TRUTH, MODEL_SHADOW, TOPICS
 from simulator.truth_writer import TruthWriter
+from tests.support.watched import WatchedProcess
 
 FP = str(Path(sys.executable).with_name("fleetpulse"))
 MODEL = "car-anomaly"  # the CLI names models by type; each test has its own bucket
@@ -207,10 +207,6 @@ def test_each_decision_is_one_sentence_without_json(life):
 
 
 def test_the_loop_decides_once_the_trial_has_filled_serves_its_probes_and_ends_on_sigterm(life):
-    import queue
-    import signal
-    import urllib.request
-
     from devtools.stack.process import free_port
 
     stable, candidate = life.release(STABLE_THRESHOLD), life.release(1.0)
@@ -220,44 +216,19 @@ def test_the_loop_decides_once_the_trial_has_filled_serves_its_probes_and_ends_o
     port = free_port()
     args = ["--interval", "0.5", "--min-car-hours", "40", "--bucket", life.bucket, "--shadow-topic", life.shadow_topic,
             "--truth-topic", life.truth_topic, "--alerts-topic", life.alerts_topic]
-    proc = subprocess.Popen([FP, "models", "decide", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=life.env(metrics_port=str(port)))
-    lines: queue.Queue = queue.Queue()
-    for stream, name in ((proc.stdout, "out"), (proc.stderr, "err")):
-        threading.Thread(target=lambda st=stream, n=name: [lines.put((n, line.rstrip())) for line in st], daemon=True).start()
-
-    def next_line(where: str, containing: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                n, line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if n == where and containing in line:
-                return line
-        raise AssertionError(f"no {where} line with {containing!r} within {timeout:.0f} s")
-
-    def get(path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
+    proc = WatchedProcess([FP, "models", "decide", *args], life.env(metrics_port=str(port)), port)
     try:
         # Waiting is progress (stderr); what the loop read once it does not read again.
-        assert "25.0 of 40 shadow car-hours" in next_line("err", "in shadow, waiting")
-        assert get("/readyz")[0] == 200 and get("/healthz")[0] == 200
+        assert "25.0 of 40 shadow car-hours" in proc.next_line("err", "in shadow, waiting")
+        assert proc.get("/readyz")[0] == 200 and proc.get("/healthz")[0] == 200
         life.produce(life.shadow_topic, batches[half:])
-        assert next_line("out", "promoted").startswith(f"{MODEL} version {candidate} promoted over version {stable}: "
-                                                       "not worse on 50 car-hours")  # fmt: skip
-        assert 'fleetpulse_decider_decisions_total{action="promote",applied="true"} 1.0' in get("/metrics")[1]
+        assert proc.next_line("out", "promoted").startswith(f"{MODEL} version {candidate} promoted over version {stable}: "
+                                                            "not worse on 50 car-hours")  # fmt: skip
+        assert 'fleetpulse_decider_decisions_total{action="promote",applied="true"} 1.0' in proc.get("/metrics")[1]
         assert (life.channels().stable, life.channels().candidate) == (candidate, None)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert proc.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill()
 
 
 class RacingDecider(lifecycle.Decider):

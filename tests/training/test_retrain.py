@@ -20,6 +20,7 @@ from fleetpulse import model_store
 from fleetpulse.clients import ensure_topics, gcs_client, kafka_config
 from fleetpulse.model_store import CANDIDATE, STABLE
 from fleetpulse.topics import MODEL_REQUESTS, TOPICS
+from tests.support.watched import WatchedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 FP = str(Path(sys.executable).with_name("fleetpulse"))
@@ -165,12 +166,6 @@ def test_with_an_unreachable_kfp_the_request_stays_unhandled_and_is_asked_again(
 
 def test_the_loop_says_each_outcome_serves_its_probes_retries_an_unreachable_kfp_and_ends_on_sigterm(
         kafka, model_bucket, gcs_endpoint, stable_v1, unique):  # fmt: skip
-    import queue
-    import signal
-    import threading
-    import urllib.error
-    import urllib.request
-
     from confluent_kafka import Producer
 
     from devtools.stack.process import free_port
@@ -187,45 +182,21 @@ def test_the_loop_says_each_outcome_serves_its_probes_retries_an_unreachable_kfp
     env = {**os.environ, **access.connection_env("RETRAIN", kafka), "FLEETPULSE_RETRAIN_GCS_ENDPOINT": gcs_endpoint,
            "FLEETPULSE_RETRAIN_PIPELINE_PACKAGE": str(ROOT / "kubeflow" / "pipeline.yaml"),
            "FLEETPULSE_RETRAIN_METRICS_PORT": str(port)}  # fmt: skip
-    proc = subprocess.Popen([FP, "models", "retrain", "--interval", "0.5", "--requests-topic", requests_topic, "--group-id",
-                             f"fleetpulse-train-requests-{unique}", "--kfp-host", "http://127.0.0.1:9", "--bucket", model_bucket],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    for stream, name in ((proc.stdout, "out"), (proc.stderr, "err")):
-        threading.Thread(target=lambda st=stream, n=name: [lines.put((n, line.rstrip())) for line in st], daemon=True).start()
-
-    def next_line(where: str, containing: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                n, line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if n == where and containing in line:
-                return line
-        raise AssertionError(f"no {where} line with {containing!r} within {timeout:.0f} s")
-
-    def get(path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
+    proc = WatchedProcess([FP, "models", "retrain", "--interval", "0.5", "--requests-topic", requests_topic, "--group-id",
+                           f"fleetpulse-train-requests-{unique}", "--kfp-host", "http://127.0.0.1:9", "--bucket", model_bucket],
+                          env, port)  # fmt: skip
     try:
-        next_line("err", "retraining on requests from")
+        proc.next_line("err", "retraining on requests from")
         request(drift_request("1", now_ms() - 2 * HOUR_MS))
-        assert next_line("out", "skipped").startswith("skipped drift on car-anomaly version 1 (control_unit_firmware PSI 3.10)")
-        assert get("/readyz")[0] == 200 and get("/healthz")[0] == 200
-        assert 'fleetpulse_retrain_requests_total{outcome="skipped"} 1.0' in get("/metrics")[1]
+        assert proc.next_line("out", "skipped").startswith("skipped drift on car-anomaly version 1 (control_unit_firmware PSI 3.10)")
+        assert proc.get("/readyz")[0] == 200 and proc.get("/healthz")[0] == 200
+        assert 'fleetpulse_retrain_requests_total{outcome="skipped"} 1.0' in proc.get("/metrics")[1]
         request(drift_request("1", now_ms()))
         # Not submitted: not ready, still alive, and asked again every interval until KFP takes it.
         for _ in range(2):
-            line = next_line("err", "trying again in 0.5 s")
+            line = proc.next_line("err", "trying again in 0.5 s")
             assert line.strip().startswith("KFP at http://127.0.0.1:9 did not take the run:")
-        assert get("/readyz")[0] == 503 and get("/healthz")[0] == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert proc.get("/readyz")[0] == 503 and proc.get("/healthz")[0] == 200
+        assert proc.terminate() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill()
