@@ -2,7 +2,7 @@
 
 Both take raw cardata-v1 features. Their first layer turns them into operating-point-invariant features
 (components/features.py: each of the car model's relations scored against a tolerance that grows with
-its load; the operating point itself dropped; tyres, accelerometers and firmware as read), then robust
+its load; the operating point itself dropped; tyres and accelerometers as read, firmware as its distance from the versions the fleet runs), then robust
 scaling (median / MAD, adapted on the training window), all fitted at training time and saved in the
 model, so the served model has no train/serve skew. The Keras model outputs a residual in
 scaled space (reconstruction minus input, or forecast minus actual); ``score`` is the largest
@@ -51,9 +51,11 @@ def _relation_layer():
 def _invariant_scaling(center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The raw features' robust statistics for the free sensors; relation errors are already in
     tolerance units and the operating point is 0, so those pass unscaled."""
-    from components.features import FREE_SENSORS
+    from components.features import FIRMWARE, FREE_SENSORS
 
-    free = np.isin(np.arange(N_FEATURES), FREE_SENSORS)
+    free = np.isin(np.arange(N_FEATURES), FREE_SENSORS) & (np.arange(N_FEATURES) != FIRMWARE)
+    # Firmware arrives as a distance in version numbers from a version the fleet runs: 0 when healthy,
+    # and one version number off is already far out.
     return np.where(free, center, 0.0).astype(np.float32), np.where(free, scale, 1.0).astype(np.float32)
 
 
