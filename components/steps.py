@@ -114,7 +114,8 @@ def train_step(p: TrainParams, out_dir: Path, progress: Progress = _quiet) -> di
         "residual_scale": rscale.tolist(),
         "eval_share": None if p.explicit_eval_window else p.eval_share,
         # What live readings are compared with for drift (fleetpulse.drift): the rows the model learned from.
-        "drift_reference": drift.reference(values, SENSOR_FIELDS),
+        # Only the features the model reads as they are may ask for a retrain (fleetpulse.drift).
+        "drift_reference": drift.reference(values, SENSOR_FIELDS, [SENSOR_FIELDS[i] for i in features.FREE_SENSORS]),
     }
     (Path(out_dir) / "train.json").write_text(json.dumps(info, indent=2))
     return info

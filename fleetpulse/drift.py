@@ -13,6 +13,14 @@ gives a large but finite PSI.
 
 PSI = sum over bins of (live - ref) * ln(live / ref). Rule of thumb: < 0.1 stable, 0.1-0.25 a
 moderate shift, > 0.25 a major one (``DRIFT_THRESHOLD``).
+
+Which features may ask for a retrain (``triggers``, stored with the reference): those the model takes
+as they are read. A model built on operating-point-invariant features (components/features.py) is
+unmoved by how the fleet is driven, and that moves all the time: a fleet discharging over a few
+minutes moved battery_percentage's PSI to 1-3 against a window a minute older (measured,
+`fleetpulse demo --lifecycle`), and each new version was retrained again for it. Every feature's
+PSI is still exported; only a trigger's requests a retrain. A reference without the list (stored
+before it existed) lets every feature trigger.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ FLOOR = 1e-4
 DRIFT_THRESHOLD = 0.25
 
 
-def reference(values: np.ndarray, names: list[str] | tuple[str, ...]) -> dict:
-    """Per feature: its bins (``values`` for a categorical one, else inner ``edges``) and the training proportions."""
+def reference(values: np.ndarray, names: list[str] | tuple[str, ...], triggers: list[str] | tuple[str, ...] | None = None) -> dict:
+    """Per feature: its bins (``values`` for a categorical one, else inner ``edges``) and the training
+    proportions; ``triggers``: the features whose drift asks for a retrain (None: all)."""
     values = np.asarray(values, np.float64)
     features = []
     for j, name in enumerate(names):
@@ -41,7 +50,18 @@ def reference(values: np.ndarray, names: list[str] | tuple[str, ...]) -> dict:
             edges = np.unique(np.quantile(col, QUANTILES))
             counts = np.bincount(np.searchsorted(edges, col, side="right"), minlength=len(edges) + 1)
             features.append({"name": name, "kind": "numeric", "edges": edges.tolist(), "p": (counts / len(col)).tolist()})
-    return {"features": features, "rows": int(len(values))}
+    ref = {"features": features, "rows": int(len(values))}
+    if triggers is not None:
+        unknown = set(triggers) - set(names)
+        if unknown:
+            raise ValueError(f"drift triggers {sorted(unknown)} are not among the features")
+        ref["triggers"] = list(triggers)
+    return ref
+
+
+def triggers(ref: dict) -> set[str]:
+    """The features of a reference whose drift asks for a retrain."""
+    return set(ref.get("triggers", [f["name"] for f in ref["features"]]))
 
 
 def psi(live: np.ndarray, ref: np.ndarray) -> float:

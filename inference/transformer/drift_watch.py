@@ -3,7 +3,8 @@
 The reference is the ``drift_reference`` the pipeline stored in the version's metadata on GCS
 (fleetpulse.drift); it is read again whenever the model server answers with another version. Every
 ``window_s`` the counts of that window become a PSI per feature, exported as the gauge
-``fleetpulse_transformer_feature_drift_psi{feature}``. When some feature stays above ``threshold`` for
+``fleetpulse_transformer_feature_drift_psi{feature}``. When some feature among the reference's
+triggers (fleetpulse.drift: those the model reads as they are) stays above ``threshold`` for
 ``windows`` windows in a row (each with at least ``min_rows`` readings), one retrain request goes to
 ``model-requests`` (JSON: reason, model, version, the drifted features with their PSI); at most one
 per version per ``cooldown_s``, so a fleet that stays drifted does not flood the training loop.
@@ -21,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from fleetpulse.drift import DriftCounts
+from fleetpulse.drift import DriftCounts, triggers
 from inference.transformer import metrics
 
 
@@ -42,6 +43,7 @@ class DriftWatch:
         self.clock = clock
         self.version = ""
         self.counts: DriftCounts | None = None
+        self.triggers: set[str] = set()
         self.streak = 0
         self.requested: dict[str, float] = {}  # version -> when its last retrain request went out
         self.last_psi: dict[str, float] = {}
@@ -68,8 +70,10 @@ class DriftWatch:
             self.progress(f"drift: version {version} has no drift reference; drift off for it")
             return
         self.counts = DriftCounts(ref)
+        self.triggers = triggers(ref)
         self._window_start = self.clock()
-        self.progress(f"drift: watching {len(self.counts.names)} features against version {version}'s training window")
+        self.progress(f"drift: watching {len(self.counts.names)} features against version {version}'s training window; "
+                      f"a retrain is asked for on {', '.join(sorted(self.triggers))}")
 
     def close_window(self) -> dict[str, float]:
         """End the current window: PSI per feature (empty when drift is off or the window was too small)."""
@@ -82,7 +86,7 @@ class DriftWatch:
         self.last_psi = dict(zip(self.counts.names, psi.tolist()))
         for name, value in self.last_psi.items():
             metrics.FEATURE_DRIFT.labels(name).set(value)
-        drifted = {n: round(v, 4) for n, v in self.last_psi.items() if v > self.threshold}
+        drifted = {n: round(v, 4) for n, v in self.last_psi.items() if v > self.threshold and n in self.triggers}
         self.streak = self.streak + 1 if drifted else 0
         if drifted and self.streak >= self.windows:
             self._request(drifted, rows)

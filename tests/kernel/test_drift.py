@@ -4,8 +4,9 @@ firmware value training never saw, or a shifted sensor, goes above it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from fleetpulse.drift import DRIFT_THRESHOLD, DriftCounts, psi, reference
+from fleetpulse.drift import DRIFT_THRESHOLD, DriftCounts, psi, reference, triggers
 
 NAMES = ["speed", "control_unit_firmware"]
 
@@ -52,3 +53,11 @@ def test_psi_is_zero_for_identical_proportions_and_finite_for_an_empty_bin():
     assert psi(np.array([10, 20, 70]), np.array([0.1, 0.2, 0.7])) == 0
     assert 0 < psi(np.array([0, 50, 50]), np.array([0.5, 0.25, 0.25])) < 10
     assert psi(np.zeros(3), np.array([0.2, 0.3, 0.5])) == 0  # nothing seen yet: no drift claimed
+
+
+def test_a_reference_names_the_features_whose_drift_asks_for_a_retrain_and_an_older_one_lets_all_of_them():
+    values = fleet(2_000, np.random.default_rng(4))
+    assert triggers(reference(values, NAMES, triggers=["control_unit_firmware"])) == {"control_unit_firmware"}
+    assert triggers(reference(values, NAMES)) == set(NAMES)
+    with pytest.raises(ValueError, match="not among the features"):
+        reference(values, NAMES, triggers=["tyre"])

@@ -84,3 +84,26 @@ def test_a_version_without_a_reference_turns_drift_off_and_scoring_goes_on(kafka
     w.add(fleet(1_000, np.random.default_rng(1)), "7")
     clock.now += 61
     assert w.close_window() == {} and any("no drift reference" in line for line in lines)
+
+
+def test_drift_on_a_feature_the_model_does_not_read_as_it_is_is_exported_but_requests_no_retrain(kafka, unique):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"model-requests-{unique}"
+    admin = AdminClient(kafka_config(kafka))
+    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result()
+    rng = np.random.default_rng(3)
+    clock = Clock()
+    # How the fleet is driven (speed) moves; the model only reads firmware as it is.
+    w, producer = watch(kafka, topic, {"1": reference(fleet(20_000, rng), NAMES, triggers=["control_unit_firmware"])}, clock)
+    for minute in range(4):
+        shifted = fleet(2_000, rng)
+        shifted[:, 0] += 30
+        w.add(shifted, "1")
+        clock.now += 61
+        w.add(fleet(0, rng), "1")
+    assert w.last_psi["speed"] > 0.25
+    assert metrics.FEATURE_DRIFT.labels("speed")._value.get() > 0.25
+    producer.flush(10)
+    assert requests(kafka, topic) == []

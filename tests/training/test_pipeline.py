@@ -48,6 +48,10 @@ def test_trained_model_publishes_and_plain_tf_load_flags_failing_car_not_healthy
     drift_ref = {f["name"]: f for f in meta["drift_reference"]["features"]}
     assert list(drift_ref) == meta["features"] and drift_ref["control_unit_firmware"]["kind"] == "categorical"
     assert all(abs(sum(f["p"]) - 1) < 1e-9 for f in drift_ref.values())
+    # Only what the model reads as it is may ask for a retrain: not how the fleet is driven.
+    triggers = set(meta["drift_reference"]["triggers"])
+    assert "control_unit_firmware" in triggers and "tire_pressure_1_1" in triggers
+    assert not triggers & {"battery_percentage", "speed", "battery_voltage", "coolant_temp"}
 
     loaded = tf.saved_model.load(str(model_store.download(client, version, tmp_path)))
     serve = loaded.signatures["serving_default"]
