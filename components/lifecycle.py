@@ -11,6 +11,11 @@ so a restarted decider decides what the one before it would have; then, every in
   channels.json with the rejected version);
 - after a promotion (the stable has an earlier stable), the new stable's first car-hours of alerts
   are watched against the previous stable's last ones, and a jump rolls it back.
+A version is a number in one bucket, and the topics outlive buckets: a bucket made again (a fresh
+local stack, a staging reset, another demo run) numbers from 1 again, and alerts and shadow batches of
+the old numbers are still on the topics (measured: a second `demo --lifecycle` rolled its v2 back on
+the first run's v2 alerts, 1,090 per 1,000 car-hours). So a version's records are those written after
+it was published (its metadata's ``published_at``); older ones with its number belong to another.
 Each change goes through model_store's generation precondition, and only if the channels still say
 what the decision was made on: of two deciders, exactly one change lands and the other writes
 nothing. channels.json keeps no history of promotions beyond the earlier stables, so each decision
@@ -34,7 +39,7 @@ from fleetpulse.errors import BrokerUnavailable, DecodeError
 from fleetpulse.evaluation import DEFAULT_INTERVAL_S
 from fleetpulse.ground_truth import TruthRecord
 from fleetpulse.hysteresis import Rule
-from fleetpulse.model_store import ChannelConflict, ChannelError, Channels
+from fleetpulse.model_store import ChannelConflict, ChannelError, Channels, published_ms
 from fleetpulse.promotion import (
     KEEP,
     PROMOTE,
@@ -159,8 +164,11 @@ class _Alerts:
     offsets: list[int] = field(default_factory=list)
     raised: list[bool] = field(default_factory=list)
 
-    def to_log(self) -> AlertLog:
-        order = np.lexsort((np.asarray(self.offsets), np.asarray(self.partitions), np.asarray(self.ts)))
+    def to_log(self, since_ms: int = 0) -> AlertLog:
+        """The alerts raised from ``since_ms`` on, in the order they were raised."""
+        ts = np.asarray(self.ts, np.int64)
+        order = np.lexsort((np.asarray(self.offsets), np.asarray(self.partitions), ts))
+        order = order[ts[order] >= since_ms]
         return AlertLog(np.asarray(self.partitions, np.int64)[order], np.asarray(self.offsets, np.int64)[order],
                         np.asarray(self.raised, bool)[order])  # fmt: skip
 
@@ -185,6 +193,7 @@ class Decider:
         self.alerts: dict[str, _Alerts] = {}
         self._alert_keys: set[tuple] = set()
         self.kept: set[tuple[int, int]] = set()  # (stable, previous) whose watch ended in a keep
+        self._published: dict[int, int] = {}  # version -> published_at (ms)
         self.undecodable = 0
 
     # ---- reading ----------------------------------------------------------------------------
@@ -253,7 +262,8 @@ class Decider:
 
     def _trial(self, seen: Channels) -> Outcome:
         stable, candidate = seen.stable, seen.candidate
-        batches = self.trials.get((str(stable), str(candidate)))
+        since = max(self._published_ms(stable), self._published_ms(candidate))
+        batches = [b for b in self.trials.get((str(stable), str(candidate)), []) if b.decided_ms >= since]
         if not batches:
             return Outcome(WAIT, self.model, candidate, stable, f"no shadow events yet on {self.shadow_topic!r}")
         decision = self.rule.decide(*measure_trial(shadow_events(batches), self.truth, self.hysteresis))
@@ -293,7 +303,14 @@ class Decider:
         return outcome
 
     def _log(self, version: int) -> AlertLog:
-        return self.alerts.get(str(version), _Alerts()).to_log()
+        return self.alerts.get(str(version), _Alerts()).to_log(since_ms=self._published_ms(version))
+
+    def _published_ms(self, version: int) -> int:
+        """When ``version`` was published (metadata ``published_at``, to the second; 0 if it does not say)."""
+        if version not in self._published:
+            meta = model_store.read_metadata(self.gcs, model_store.ModelVersion(self.bucket, self.model, version))
+            self._published[version] = published_ms(meta)
+        return self._published[version]
 
     def _interval_s(self) -> float:
         """Simulated seconds per event: the ground truth's, else evaluation's default."""

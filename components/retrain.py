@@ -64,8 +64,15 @@ class Request:
         return f"{self.reason} on {self.model} version {self.model_version}" + (f" ({drifted})" if drifted else "")
 
 
-def why_skip(request: Request, now_ms: int, max_age_s: float, handled: set[tuple[str, int]], newest: int | None) -> str | None:
-    """Why ``request`` needs no retrain, or None when it does. ``newest``: the model's newest version on GCS."""
+def why_skip(request: Request, now_ms: int, max_age_s: float, handled: set[tuple[str, int]], newest: int | None,
+             published: int | None = 0) -> str | None:
+    """Why ``request`` needs no retrain, or None when it does. ``newest``: the model's newest version on GCS;
+    ``published``: when the drifted version was published there (ms), None if it is not there.
+
+    A request older than its version's publication, or about a version the bucket does not have, is
+    about another model that had that number: model-requests outlives buckets, and a bucket made
+    again numbers from 1 (measured: a second `demo --lifecycle` retrained three times for the first
+    run's requests)."""
     if request.model not in MODEL_TYPES_BY_NAME:
         return f"unknown model {request.model!r}"
     age_s = (now_ms - request.requested_at_ms) / 1000
@@ -75,6 +82,10 @@ def why_skip(request: Request, now_ms: int, max_age_s: float, handled: set[tuple
         return f"version {request.model_version} was retrained for already"
     if newest is not None and newest > request.model_version:
         return f"version {newest} is newer than the drifted version {request.model_version}"
+    if published is None:
+        return f"version {request.model_version} is not in this bucket: a request about another model's version"
+    if request.requested_at_ms < published:
+        return f"requested before version {request.model_version} was published here: about another model's version"
     return None
 
 
@@ -264,11 +275,14 @@ class Retrainer:
         except DecodeError as exc:
             return Outcome(SKIPPED, None, str(exc))
         now_ms = int(self.clock() * 1000)
-        newest = None
+        newest, published = None, None
         if request.model in MODEL_TYPES_BY_NAME:
             versions = model_store.list_versions(self.gcs, self.settings.bucket, request.model)
             newest = max(versions, default=None)
-        skip = why_skip(request, now_ms, self.settings.max_age_s, self.handled, newest)
+            if request.model_version in versions:
+                drifted = model_store.ModelVersion(self.settings.bucket, request.model, request.model_version)
+                published = model_store.published_ms(model_store.read_metadata(self.gcs, drifted))
+        skip = why_skip(request, now_ms, self.settings.max_age_s, self.handled, newest, published)
         if skip is not None:
             return Outcome(SKIPPED, request, skip)
         window = (now_ms - int(self.settings.window_minutes * 60_000), None)

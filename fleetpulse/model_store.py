@@ -126,6 +126,14 @@ def read_metadata(client, version: ModelVersion) -> dict:
     return json.loads(client.bucket(version.bucket).blob(version.prefix + METADATA).download_as_bytes())
 
 
+def published_ms(metadata: dict) -> int:
+    """When a version was published (its metadata's ``published_at``, to the second), in epoch ms; 0
+    when the metadata does not say. Records on Kafka that name the version and are older than this
+    are about another model that had the same number (a bucket made again numbers from 1)."""
+    at = metadata.get("published_at")
+    return int(datetime.fromisoformat(at).timestamp() * 1000) if at else 0
+
+
 def download(client, version: ModelVersion, dest: Path) -> Path:
     """Download a complete version to ``dest/<version>/`` and return that directory."""
     target = Path(dest) / str(version.version)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,11 +129,12 @@ def truth_records() -> list[TruthRecord]:
 
 def shadow_batches(stable: int, candidate: int, candidate_threshold: float, batch: int = 600) -> list[bytes]:
     cars, ts, partition, offset, score = fleet_scores()
+    decided_ms = int(time.time() * 1000)  # after both versions were published, as a transformer's would be
     out = []
     for i in range(0, len(cars), batch):
         rows = slice(i, i + batch)
         out.append(encode_shadow(ShadowBatch(
-            str(stable), str(candidate), STABLE_THRESHOLD, candidate_threshold, int(ts[rows][-1]), cars[rows].tolist(),
+            str(stable), str(candidate), STABLE_THRESHOLD, candidate_threshold, decided_ms, cars[rows].tolist(),
             ts[rows].tolist(), partition[rows].tolist(), offset[rows].tolist(), score[rows].tolist(), score[rows].tolist(),
             (score[rows] > STABLE_THRESHOLD).tolist(), (score[rows] > candidate_threshold).tolist())))  # fmt: skip
     return out
@@ -296,8 +298,9 @@ def promoted(life: Lifecycle, previous_every: int, new_every: int, new_events: i
     first = life.release(STABLE_THRESHOLD)
     second = life.release(1.0)
     model_store.promote(life.gcs, life.bucket, MODEL, second)
-    before = alerts_of(first, 0, 4320, previous_every, 0)
-    after = alerts_of(second, 4320, 4320 + new_events, new_every, 10_000)
+    now = int(time.time() * 1000)  # raised after both were published
+    before = alerts_of(first, 0, 4320, previous_every, now)
+    after = alerts_of(second, 4320, 4320 + new_events, new_every, now + 10_000)
     life.produce(life.alerts_topic, before + after)
     return first, second
 
@@ -318,6 +321,16 @@ def test_a_new_stable_alerting_like_the_previous_one_is_kept(life):
     [watch] = life.decide("--watch-car-hours", "20")
     assert (watch["action"], watch["version"]) == (KEEP, second), watch["reason"]
     assert life.channels().stable == second
+
+
+def test_alerts_with_the_new_stables_number_from_before_it_was_published_are_another_models_and_not_judged(life):
+    # A bucket made again numbers from 1: the topic still holds an earlier model's version 2, alerting at 10 x.
+    life.produce(life.alerts_topic, alerts_of(2, 20_000, 27_200, 72, int(time.time() * 1000) - 86_400_000))
+    first, second = promoted(life, previous_every=720, new_every=600)
+    assert second == 2
+    [watch] = life.decide("--watch-car-hours", "20")
+    assert (watch["action"], watch["version"]) == (KEEP, second), watch["reason"]
+    assert watch["figures"]["new"]["rate"] == pytest.approx(600, rel=0.05)  # a raise every 600 events, its own
 
 
 def test_a_new_stable_is_watched_until_its_first_car_hours_of_alerts_are_in(life):

@@ -47,6 +47,13 @@ def test_a_request_is_acted_on_unless_it_is_old_handled_or_answered_by_a_newer_v
     assert "unknown model" in why_skip(replace(fresh, model="nope"), 1_000_000, 3600, handled, newest=None)
 
 
+def test_a_request_about_a_version_this_bucket_does_not_have_or_published_after_it_is_about_another_model():
+    fresh, handled = Request(MODEL, 2, 1_000_000), set()
+    assert "not in this bucket" in why_skip(fresh, 1_000_000, 3600, handled, newest=1, published=None)
+    assert "requested before version 2 was published" in why_skip(fresh, 1_000_000, 3600, handled, newest=2, published=1_000_001)
+    assert why_skip(fresh, 1_000_000, 3600, handled, newest=2, published=999_000) is None
+
+
 def test_a_drift_record_parses_and_garbage_is_a_decode_error():
     from fleetpulse.errors import DecodeError
 
