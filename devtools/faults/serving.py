@@ -611,8 +611,9 @@ def bad_versions_row(servers: Servers, workdir: Path, load: Load) -> dict:
 
 def group_scaling_row(servers: Servers, workdir: Path, load: Load) -> dict:
     """The transformer group scaled 1 -> 3 -> 1, and one member SIGSTOPped for 40% of the run (past its 6 s
-    session timeout) once it scores as one of three: its partitions move, and what it writes when it
-    wakes up is fenced out by the newer twins (``twins_fenced``)."""
+    session timeout) once it scores as one of three: its partitions move; when it wakes up its twin
+    writes wait until Kafka has told it so and are then dropped (``twins_dropped``), and what it had
+    snapshotted from an older twin is fenced out by the newer ones (``twins_fenced``)."""
     run = _run(servers, workdir, load)
     env = {"consumer_session_timeout_ms": "6000"}
     try:
@@ -637,7 +638,8 @@ def group_scaling_row(servers: Servers, workdir: Path, load: Load) -> dict:
         time.sleep(1)
         summaries = stopped + run.finish()
         return account(run.fleet, "transformer group 1 -> 3 -> 1, one member SIGSTOPped past its session timeout", load.describe(),
-                       recovery.wait(), twins_fenced=sum(s.get("twins_fenced", 0) for s in summaries))
+                       recovery.wait(), twins_fenced=sum(s.get("twins_fenced", 0) for s in summaries),
+                       twins_dropped=sum(s.get("twins_dropped", 0) for s in summaries))
     finally:
         run.close()
 

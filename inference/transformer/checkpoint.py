@@ -35,9 +35,19 @@ owner's commit would start from them and skip events they never counted. So a tw
 only if the car's newest event in it is at or past the stored offset of that partition
 (``newer_than_stored``; equal is the same state written again). Fenced-out writes are dropped: the
 stored twin already holds those events.
+
+Paused members. Where the store cannot make that rule atomic (FerretDB, see twin_store), the member
+itself must not write after it may have lost its partitions: a process that did not run for a while
+(SIGSTOP, a stall; ``PauseFence``) sends no twin write until Kafka has had the time to tell it so
+(``hold_s``: librdkafka notices a session that expired during the pause on its next 1 s timer, or on
+the next heartbeat's answer). A revocation or loss that arrives meanwhile drops the write in flight
+and its commit (the next owner replays it).
 """
 
 from __future__ import annotations
+
+import math
+import threading
 
 import numpy as np
 
@@ -173,3 +183,28 @@ def newer_than_stored(stored_offsets: dict[str, int], partition: int, offset: in
 def fence_filter(car: str, partition: int, offset: int) -> dict:
     """``newer_than_stored`` as a MongoDB update filter (``$not $gt`` also matches a partition never stored)."""
     return {"_id": car, f"offsets.{partition}": {"$not": {"$gt": offset}}}
+
+
+class PauseFence:
+    """When a twin write may be sent after the process was paused (module docstring, "Paused members").
+
+    Every thread that looks at the clock for it (a watchdog ticking, the writer before each send)
+    calls ``observe``; a gap of more than ``pause_s`` since the previous look, by any thread, is a
+    pause, and writes wait until ``hold_s`` after the look that saw it.
+    """
+
+    def __init__(self, pause_s: float, hold_s: float, now: float):
+        self.pause_s, self.hold_s = pause_s, hold_s
+        self.seen = now
+        self.resumed_at = -math.inf
+        self.pauses = 0
+        self._lock = threading.Lock()
+
+    def observe(self, now: float) -> float:
+        """Seconds a twin write must still wait (0: it may be sent now)."""
+        with self._lock:
+            if now - self.seen > self.pause_s:
+                self.resumed_at = now
+                self.pauses += 1
+            self.seen = max(self.seen, now)  # threads read the clock in one order and get here in another
+            return max(0.0, self.resumed_at + self.hold_s - now)

@@ -39,7 +39,7 @@ from fleetpulse.topics import DLQ_UNDECODABLE
 from inference.transformer import metrics
 from inference.transformer.batching import Chunk, Events, InFlight, drop_redelivered, last_offsets, micro_batches, positions
 from inference.transformer.car_table import CarTable
-from inference.transformer.checkpoint import TwinLedger
+from inference.transformer.checkpoint import PauseFence, TwinLedger
 from fleetpulse.topics import DLQ_NON_FINITE_SCORE
 from inference.transformer.delivery import Delivery, now_ms
 from inference.transformer.drift_watch import DriftWatch
@@ -72,7 +72,7 @@ class Transformer:
         self.delivery = Delivery(producer, self.retries, settings.dlq_topic, settings.produce_attempts, progress)
         self.twins = twins
         self.loader = TwinLoader(twins, settings.twin_preload_max, self.retries, progress)
-        self.writer = TwinWriter(twins, self.retries)
+        self.writer = TwinWriter(twins, self.retries, PauseFence(settings.twin_pause_s, settings.twin_pause_hold_s, time.monotonic()))
         self.window = model_window(client)  # readings per sample: > 1 for a windowed (LSTM) model
         self.table = CarTable(settings.rule, window=self.window)
         self.ledger = TwinLedger(settings.twin_interval_s, settings.twin_batch_max)
@@ -93,6 +93,7 @@ class Transformer:
     def run(self, until_idle_s: float | None = None, max_events: int | None = None) -> RunSummary:
         t0 = last_progress = last_record = time.monotonic()
         first_record: float | None = None
+        end_watch = self.writer.watch_pauses()
         self.health.ready = True
         try:
             while not self._stop:
@@ -136,6 +137,7 @@ class Transformer:
         else:
             self._final_checkpoint(bounded=self._stop)
         finally:
+            end_watch()
             self.summary.seconds = time.monotonic() - t0
         return self.summary
 
@@ -390,7 +392,14 @@ class Transformer:
         self.summary.twins_fenced += len(saved.fenced)
         self.summary.twins_refused += len(saved.refused)
         metrics.TWINS_PENDING.set(self.ledger.unwritten_count())
-        if written.to_commit:
+        if saved.stale or written.epoch != self.writer.epoch:
+            # Its positions belong to an assignment that ended: committed now, under a new one, they
+            # could move the new owner's commit (the broker checks the generation, not who owns what).
+            self.summary.twins_dropped += saved.dropped
+            if saved.dropped:
+                self.progress(f"twin write dropped: the partitions were revoked or lost before {saved.dropped:,} of its "
+                              f"cars were sent; the next owner replays them")
+        elif written.to_commit:
             offsets = [TopicPartition(self.settings.topic, p, o + 1) for p, o in written.to_commit.items()]
             if self.retries.call("kafka", lambda: self._commit(offsets)):
                 self.ledger.committed_to(written.to_commit)
@@ -439,6 +448,7 @@ class Transformer:
         self._forget()
 
     def _forget(self) -> None:
+        self.writer.drop()
         self.table = CarTable(self.settings.rule, window=self.window)
         self.ledger = TwinLedger(self.settings.twin_interval_s, self.settings.twin_batch_max)
         self.submitted.clear()

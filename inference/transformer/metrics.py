@@ -23,7 +23,10 @@ E2E_LATENCY = Histogram("fleetpulse_transformer_event_to_alert_seconds", "Kafka 
 MODEL_INPUT_CHANGES = Counter("fleetpulse_transformer_model_input_changes", "Times the served model's input shape changed and was followed")
 LAG = Gauge("fleetpulse_transformer_consumer_lag", "High watermark minus committed position", ["partition"])
 TWIN_WRITES = Counter("fleetpulse_transformer_twin_writes", "Twin documents written (insert: car had none; update: upsert; "
-                      "fenced: a newer twin was stored, left as it was; refused: MongoDB refused it, dead-lettered)", ["kind"])
+                      "fenced: a newer twin was stored, left as it was; refused: MongoDB refused it, dead-lettered; "
+                      "dropped: not sent, the partitions were revoked or lost first)", ["kind"])
+PAUSES = Counter("fleetpulse_transformer_pauses", "Times the process did not run for longer than twin_pause_s (SIGSTOP, a stall); "
+                 "twin writes wait twin_pause_hold_s after each")
 TWIN_FENCE_REREADS = Counter("fleetpulse_transformer_twin_fence_rereads", "Twin chunks whose stored offsets were read again "
                              "before the write because the first read aged past the fence lease (a paused writer)")
 TWIN_WRITE_RATE = Gauge("fleetpulse_transformer_twin_write_rate", "Twin documents per second of the last bulk write")
@@ -46,6 +49,7 @@ class RunSummary:
     twin_inserts: int = 0  # of twin_writes, cars that had no twin yet
     twins_fenced: int = 0  # of twin_writes, cars whose stored twin was newer (another member wrote it)
     twins_refused: int = 0  # twin documents MongoDB refused, dead-lettered
+    twins_dropped: int = 0  # cars of writes not sent because the partitions were revoked or lost first
     unwritten_at_stop: int = 0  # cars a stop left without a written twin (replayed by the next owner)
     checkpoints: int = 0
     retries: dict = field(default_factory=dict)

@@ -52,6 +52,11 @@ class ScoreSettings(KafkaClientSettings):
     twin_interval_s: float = Field(60.0, gt=0, description="longest a car's twin waits for a write when its status did not change")
     twin_batch_max: int = Field(5000, ge=1, description="cars per twin bulk write, besides status changes (which are never deferred)")
     twin_write_timeout_s: float = Field(60.0, gt=0, description="longest wait for one twin bulk command before it is retried")
+    twin_pause_s: float = Field(1.0, gt=0, description="a process that did not run for longer than this was paused (SIGSTOP, "
+                                                        "a stall): its twin writes wait twin_pause_hold_s")
+    twin_pause_hold_s: float = Field(5.0, ge=0, description="how long twin writes wait after a pause, so that a revocation "
+                                                            "Kafka sent meanwhile arrives first (librdkafka's 1 s timer and a "
+                                                            "heartbeat, 3 s, with margin)")
     twin_preload_max: int = Field(200_000, ge=0, description="load every twin once when the collection holds at most this many; "
                                                               "else query first-seen cars per poll batch (0 = always query)")
     hysteresis_n: int = Field(_RULE.n, ge=1, le=62)

@@ -13,22 +13,31 @@ at 20,000 twins, ~1/s when the fence refuses); its updates are read-modify-write
 transaction on both of its backends (handler: query, then ``UPDATE ... WHERE _id``), so no filter is
 atomic there, and the store reads the stored offsets by _id and compares (one find per car).
 
-A read-then-compare is only as good as the reading is fresh. A member paused between the read and
-the write (SIGSTOP, a long GC or swap stall) can wake up after its partitions moved and the new owner
-wrote newer twins, and overwrite them with what it read as current: seen as 12 of 30,000 events
-missing from twins after a 1 -> 3 -> 1 rebalance with a member SIGSTOPped. So the comparison holds
-for ``fence_lease_s`` only, checked immediately before the write is sent: a new owner exists only
-after the old one missed heartbeats for a whole session timeout, which Kafka never lets be shorter
-than ``group.min.session.timeout.ms`` (6 s by default), so a read younger than the 2 s lease cannot
-predate a write by another owner. Readings older than that are read again.
+A read-then-compare is only as good as the reading is fresh, and only as good as the writer still
+owns the car when its write arrives. Two guards close those two gaps:
 
-Not closed on FerretDB (MongoDB's atomic filter closes it): a member that wakes up after its
-partitions moved, before it has noticed, reads the stored offsets afresh and may write its older
-state just after the new owner wrote a newer one. On the secured stack, whose TLS round trips widen
-that gap, the SIGSTOP fault row lost 40-45 of 30,000 events from twins in 2 of 2 runs this way
-(tests/faults/test_serving_faults.py). Asking the group coordinator before each write (a commit of
-the last committed offsets, refused for a removed member) was tried and stalled the group: a commit
-from the writer thread is not answered while the loop thread runs a rebalance callback.
+- The lease: the comparison holds for ``fence_lease_s`` only, checked immediately before the write is
+  sent, so a member paused between its read and its write (SIGSTOP, a long stall) reads again: a new
+  owner exists only after the old one missed heartbeats for a whole session timeout, which Kafka never
+  lets be shorter than ``group.min.session.timeout.ms`` (6 s by default), so a read younger than the
+  2 s lease cannot predate a write by another owner. (Seen without it: 12 of 30,000 events missing
+  from twins after a 1 -> 3 -> 1 rebalance with a member SIGSTOPped.)
+- The pause hold (checkpoint.PauseFence, in TwinWriter): a member paused past its session timeout
+  that wakes up before it has noticed that its partitions moved reads the stored offsets afresh, and
+  its older state could land just after the new owner's newer one (seen on the secured stack: 40-45 of
+  30,000 events missing, 2 of 2 runs). After any pause longer than ``twin_pause_s`` its writes wait
+  ``twin_pause_hold_s``, by which time librdkafka has found the session expired and the loop's
+  ``on_lost`` has dropped the write (``TwinWriter.drop``): nothing of it is sent, and its commit is
+  not made. The watchdog that sees pauses needs nothing from the group coordinator: a check that asked
+  it from the writer thread (a commit of the last committed offsets) stalled the group, because such a
+  commit is not answered while the loop thread runs a rebalance callback.
+
+What is left on FerretDB (MongoDB's atomic filter closes it): a pause that lands after the last
+check and before pymongo has sent the bulk (encoding and writing 20 documents to the socket; that
+write then arrives after the pause), and a member cut off from Kafka but not from MongoDB, which
+stops writing only when librdkafka's own session timer expires and ``on_lost`` runs, about when the
+coordinator's expires; the new owner's first twin write comes a rebalance, a restore and a
+checkpoint after that.
 
 Bad documents do not block the others: the first failure of a save is retried whole (counted, like
 any outage); from the second attempt on, a bulk that fails while the server answers a ping is split
@@ -52,7 +61,7 @@ from fleetpulse.errors import BrokerUnavailable
 from fleetpulse.twin import TwinDocument
 from inference.transformer import metrics
 from inference.transformer.car_table import TwinSnapshot
-from inference.transformer.checkpoint import fence_filter, newer_than_stored
+from inference.transformer.checkpoint import PauseFence, fence_filter, newer_than_stored
 from inference.transformer.retrying import Retries
 
 
@@ -71,22 +80,35 @@ INSERT_CHUNK = 1000
 # How long a stored offset read on FerretDB is trusted (module docstring): well under the shortest
 # session timeout a broker accepts, and far above a chunk's 20 finds by _id (~20 ms).
 FENCE_LEASE_S = 2.0
+PAUSE_TICK_S = 0.1  # how often the watchdog looks at the clock (PauseFence): well under any pause that matters
 _DUPLICATE_KEY = 11000
 _LOAD_FIELDS = {"status": 1, "counters": 1, "hysteresis": 1, "offsets": 1}  # what CarTable.restore reads
 
 
 @dataclass
 class Saved:
-    """What a fenced save did: cars written, cars whose stored twin was newer, documents refused (with why)."""
+    """What a fenced save did: cars written, cars whose stored twin was newer, documents refused (with why),
+    and whether it stopped because the member lost the partitions first (``stale``: ``dropped`` cars
+    were not sent, and its commit must not be made)."""
 
     written: int = 0
     fenced: list[str] = field(default_factory=list)
     refused: list[tuple[TwinDocument, str]] = field(default_factory=list)
+    stale: bool = False
+    dropped: int = 0
 
     def add(self, other: "Saved") -> None:
         self.written += other.written
         self.fenced += other.fenced
         self.refused += other.refused
+
+
+class _Stale(Exception):
+    """Raised just before a send that ``may_send`` refused: the member no longer owns these cars."""
+
+
+def _always() -> bool:
+    return True
 
 
 class TwinStore:
@@ -121,24 +143,41 @@ class TwinStore:
                 out[doc["_id"]] = doc
         return out
 
-    def save(self, snapshot: TwinSnapshot, isolate: bool = True) -> Saved:
+    def save(self, snapshot: TwinSnapshot, isolate: bool = True, may_send: Callable[[], bool] = _always) -> Saved:
         """Insert the twins of cars that have none, update the others, both fenced; raises for an outage,
-        and (without ``isolate``) for any failure."""
+        and (without ``isolate``) for any failure.
+
+        ``may_send()`` is asked immediately before each command that writes (it may wait); once it says
+        no, nothing more is sent and the result is ``stale``.
+        """
         new: list[tuple[TwinDocument, tuple[int, int]]] = []
         existing: list[tuple[TwinDocument, tuple[int, int]]] = []
         for i in range(len(snapshot)):
             (existing if snapshot.has_twin[i] else new).append((snapshot.document(i), snapshot.fence(i)))
         saved = Saved()
-        chunks = [(new[i : i + INSERT_CHUNK], self._insert_fenced) for i in range(0, len(new), INSERT_CHUNK)]
-        chunks += [(existing[i : i + BULK_CHUNK], self._update_fenced) for i in range(0, len(existing), BULK_CHUNK)]
-        for items, write in chunks:
-            saved.add(self._isolating(items, write) if isolate else write(items))
+
+        def insert(items: list) -> Saved:
+            return self._insert_fenced(items, may_send)
+
+        def update(items: list) -> Saved:
+            return self._update_fenced(items, may_send)
+
+        chunks = [(new[i : i + INSERT_CHUNK], insert) for i in range(0, len(new), INSERT_CHUNK)]
+        chunks += [(existing[i : i + BULK_CHUNK], update) for i in range(0, len(existing), BULK_CHUNK)]
+        try:
+            for items, write in chunks:
+                saved.add(self._isolating(items, write) if isolate else write(items))
+        except _Stale:
+            saved.stale = True
+            saved.dropped = len(snapshot) - saved.written - len(saved.fenced) - len(saved.refused)
         return saved
 
-    def _insert_fenced(self, items: list) -> Saved:
+    def _insert_fenced(self, items: list, may_send: Callable[[], bool]) -> Saved:
         import pymongo
         from pymongo.errors import BulkWriteError
 
+        if not may_send():
+            raise _Stale
         try:
             with pymongo.timeout(self.timeout_s):
                 self.collection.insert_many([doc for doc, _ in items], ordered=False)
@@ -148,12 +187,12 @@ class TwinStore:
                 raise
             # Another writer inserted these first (or a lost reply hid our own insert): fenced updates.
             dup = {e["index"] for e in errors}
-            saved = self._update_fenced([items[i] for i in sorted(dup)])
+            saved = self._update_fenced([items[i] for i in sorted(dup)], may_send)
             saved.written += len(items) - len(dup)
             return saved
         return Saved(written=len(items))
 
-    def _update_fenced(self, items: list) -> Saved:
+    def _update_fenced(self, items: list, may_send: Callable[[], bool]) -> Saved:
         import pymongo
         from pymongo import UpdateOne
         from pymongo.errors import BulkWriteError
@@ -163,9 +202,11 @@ class TwinStore:
         if not self._fence_in_filter:
             saved = Saved()
             for i in range(0, len(items), BULK_CHUNK):
-                saved.add(self._update_read_and_compare(items[i : i + BULK_CHUNK]))
+                saved.add(self._update_read_and_compare(items[i : i + BULK_CHUNK], may_send))
             return saved
         ops = [UpdateOne(fence_filter(doc["_id"], *f), {"$set": as_set_fields(doc)}, upsert=True) for doc, f in items]
+        if not may_send():
+            raise _Stale
         try:
             with pymongo.timeout(self.timeout_s):
                 self.collection.bulk_write(ops, ordered=False)
@@ -178,9 +219,10 @@ class TwinStore:
             return Saved(len(items) - len(fenced), fenced)
         return Saved(len(items))
 
-    def _update_read_and_compare(self, items: list) -> Saved:
+    def _update_read_and_compare(self, items: list, may_send: Callable[[], bool]) -> Saved:
         """The fence on FerretDB: stored offsets read by _id, compared, and written while the reads are
-        younger than the lease (module docstring); a chunk whose reads aged past it is read again."""
+        younger than the lease (module docstring); a chunk whose reads aged past it (a pause, or
+        ``may_send`` waiting one out) is read again."""
         import pymongo
         from pymongo import UpdateOne
 
@@ -194,6 +236,8 @@ class TwinStore:
             keep = [(doc, f) for doc, f in items if newer_than_stored(stored[doc["_id"]], *f)]
             fenced = [doc["_id"] for doc, f in items if not newer_than_stored(stored[doc["_id"]], *f)]
             ops = [UpdateOne({"_id": doc["_id"]}, {"$set": as_set_fields(doc)}, upsert=True) for doc, _ in keep]
+            if ops and not may_send():
+                raise _Stale
             if min(read_at.values()) >= time.monotonic() - self.fence_lease_s:
                 break
             metrics.TWIN_FENCE_REREADS.inc()
@@ -324,6 +368,7 @@ class Write:
     future: Future
     snapshot: TwinSnapshot
     to_commit: dict[int, int]
+    epoch: int  # TwinWriter.epoch when it was snapshotted
 
     @property
     def saved(self) -> Saved:
@@ -335,11 +380,18 @@ class TwinWriter:
 
     A daemon thread per snapshot, not an executor: the interpreter joins executor threads at exit,
     so a stop that gives up on a write (MongoDB down) would wait for it anyway.
+
+    Before each command it sends, a write waits out the hold after a pause of the process (``pauses``,
+    while ``watch_pauses`` runs) and stops if the partitions were revoked or lost since its snapshot
+    (``drop``): checkpoint's "Paused members".
     """
 
-    def __init__(self, store: TwinStore, retries: Retries):
+    def __init__(self, store: TwinStore, retries: Retries, pauses: PauseFence | None = None):
         self.store = store
         self.retries = retries
+        self.pauses = pauses
+        self.epoch = 0  # of the assignment: a write belongs to the one it was snapshotted in
+        self._watching = False
         self._writing: Write | None = None
 
     @property
@@ -348,8 +400,39 @@ class TwinWriter:
 
     def submit(self, snapshot: TwinSnapshot, to_commit: dict[int, int]) -> None:
         future: Future = Future()
-        self._writing = Write(future, snapshot, to_commit)
-        threading.Thread(target=self._run, args=(future, snapshot), name="twin-writer", daemon=True).start()
+        self._writing = Write(future, snapshot, to_commit, self.epoch)
+        threading.Thread(target=self._run, args=(future, snapshot, self.epoch), name="twin-writer", daemon=True).start()
+
+    def drop(self) -> None:
+        """The partitions were revoked or lost: what the write in flight has not sent yet is never sent."""
+        self.epoch += 1
+
+    def watch_pauses(self) -> Callable[[], None]:
+        """Look at the clock every PAUSE_TICK_S on a daemon thread, so a pause is seen; returns what ends it."""
+        done = threading.Event()
+        pauses = self.pauses
+        if pauses is None:
+            return done.set
+
+        def watch() -> None:
+            counted = pauses.pauses
+            while not done.wait(PAUSE_TICK_S):
+                pauses.observe(time.monotonic())
+                if pauses.pauses > counted:
+                    metrics.PAUSES.inc(pauses.pauses - counted)
+                    counted = pauses.pauses
+            self._watching = False
+
+        pauses.seen = time.monotonic()  # the time before the watch started was not a pause
+        self._watching = True
+        threading.Thread(target=watch, name="pause-watch", daemon=True).start()
+        return done.set
+
+    def _may_send(self, epoch: int) -> bool:
+        """Waits out a pause's hold; False once the assignment this write belongs to has ended."""
+        while self._watching and self.epoch == epoch and (wait := self.pauses.observe(time.monotonic())) > 0:
+            time.sleep(min(wait, PAUSE_TICK_S))  # in slices: a loss that arrives meanwhile ends the wait
+        return self.epoch == epoch
 
     def finish(self, wait: bool, timeout_s: float | None = None) -> Write | None:
         """The write in flight once it has succeeded (waited for with ``wait``, at most ``timeout_s``), else None."""
@@ -363,21 +446,23 @@ class TwinWriter:
         self._writing = None
         return writing
 
-    def _run(self, future: Future, snapshot: TwinSnapshot) -> None:
+    def _run(self, future: Future, snapshot: TwinSnapshot, epoch: int) -> None:
         try:
-            future.set_result(self._write(snapshot))
+            future.set_result(self._write(snapshot, epoch))
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
             future.set_exception(exc)
 
-    def _write(self, snapshot: TwinSnapshot) -> Saved:
+    def _write(self, snapshot: TwinSnapshot, epoch: int) -> Saved:
         t0 = time.monotonic()
         attempts = itertools.count()
-        saved = self.retries.call("mongodb", lambda: self.store.save(snapshot, isolate=next(attempts) > 0))
+        saved = self.retries.call("mongodb", lambda: self.store.save(snapshot, isolate=next(attempts) > 0,
+                                                                     may_send=lambda: self._may_send(epoch)))
         seconds = time.monotonic() - t0
         metrics.TWIN_WRITES.labels("insert").inc(snapshot.inserts)
         metrics.TWIN_WRITES.labels("update").inc(len(snapshot) - snapshot.inserts)
         metrics.TWIN_WRITES.labels("fenced").inc(len(saved.fenced))
         metrics.TWIN_WRITES.labels("refused").inc(len(saved.refused))
+        metrics.TWIN_WRITES.labels("dropped").inc(saved.dropped)
         metrics.TWIN_WRITE_SECONDS.observe(seconds)
         if len(snapshot):
             metrics.TWIN_WRITE_RATE.set(len(snapshot) / max(seconds, 1e-6))

@@ -65,13 +65,6 @@ def test_invalid_versions_are_skipped_and_another_input_shape_is_followed(server
     assert row["invalid_skipped"] == 2 and row["served_other_shape"]
 
 
-# Known open bug (#13 stays open for it). The fence's reads now hold for a lease shorter than any
-# session timeout (twin_store.FENCE_LEASE_S), which fixed the stale read before a SIGSTOP (10 of 10
-# runs on the unsecured stack). Still open on FerretDB: a member that wakes after its partitions moved
-# reads afresh and writes its older state just after the new owner's newer one (FerretDB has no atomic
-# conditional update); on the secured stack 40-45 of 30,000 events missing in 2 of 2 runs (passed in one
-# full-suite run). Kept running and reported (not strict) until a fence FerretDB can enforce exists.
-@pytest.mark.xfail(reason="FerretDB twin fence: a woken stale member can overwrite a newer twin (intermittent, mostly secured)", strict=False)
 def test_group_scaled_1_3_1_with_a_member_sigstopped_past_its_session_timeout(servers, tmp_path):
     row = serving.group_scaling_row(servers, tmp_path, Load(cars=2000, rate=1000, seconds=30))
     assert_nothing_lost(row)

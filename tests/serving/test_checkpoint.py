@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from pytest import approx
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from inference.transformer.checkpoint import TwinLedger, fence_filter, newer_than_stored
+from inference.transformer.checkpoint import PauseFence, TwinLedger, fence_filter, newer_than_stored
 
 PARTITIONS = 3
 CARS = 4
@@ -235,6 +236,45 @@ def test_the_same_snapshot_written_again_applies_and_an_older_one_does_not():
 
 def test_the_fence_filter_is_the_same_rule_on_the_twin_document():
     assert fence_filter("car-1", 2, 40) == {"_id": "car-1", "offsets.2": {"$not": {"$gt": 40}}}
+
+
+# ---- a paused member ---------------------------------------------------------------------------
+
+PAUSE, HOLD = 1.0, 5.0
+
+
+def test_a_write_waits_the_hold_after_a_pause_and_never_while_the_process_runs():
+    fence = PauseFence(PAUSE, HOLD, now=100.0)
+    assert all(fence.observe(100.0 + 0.1 * i) == 0 for i in range(1, 100))  # the watchdog's ticks
+    assert fence.observe(121.9) == HOLD  # woken after 12 s stopped
+    waits = [fence.observe(121.9 + 0.1 * i) for i in range(1, 51)]
+    assert waits[:49] == approx([HOLD - 0.1 * i for i in range(1, 50)]) and waits[49] == 0 and fence.pauses == 1
+
+
+def test_a_pause_is_seen_by_whichever_thread_looks_at_the_clock_first():
+    """The writer may run before the watchdog after a SIGCONT: it sees the gap itself, and the watchdog's
+    look right after is not a second pause."""
+    fence = PauseFence(PAUSE, HOLD, now=10.0)
+    assert fence.observe(22.0) == HOLD  # the writer, about to send
+    assert fence.observe(22.05) == approx(HOLD - 0.05) and fence.pauses == 1  # the watchdog
+    assert fence.observe(21.99) == approx(HOLD + 0.01)  # a clock read before the writer's, looked at after it: no new pause
+
+
+looks = st.lists(st.floats(0.0, 3.0, allow_nan=False), min_size=1, max_size=60)
+
+
+@given(looks)
+def test_a_write_may_go_exactly_when_no_gap_longer_than_the_pause_ended_within_the_hold(gaps):
+    fence, now, pause_ends = PauseFence(PAUSE, HOLD, now=0.0), 0.0, []
+    for gap in gaps:
+        now += gap
+        if gap > PAUSE:
+            pause_ends.append(now)
+        wait = fence.observe(now)
+        recent = [t for t in pause_ends if now - t < HOLD]
+        assert (wait > 0) == bool(recent)
+        if recent:
+            assert wait == max(recent) + HOLD - now
 
 
 # ---- a chunk that fails ------------------------------------------------------------------------

@@ -290,3 +290,57 @@ def test_a_twin_ferretdb_refuses_is_handed_back_while_the_others_are_written(mon
     saved = store.save(snapshot([f"car-{i}" for i in range(6)], list(range(6)), [1.0, 1.0, float("nan"), 1.0, 1.0, 1.0], False))
     assert saved.written == 5 and [doc["_id"] for doc, _ in saved.refused] == ["car-2"]
     assert sorted(d["_id"] for d in client["fleetpulse"][f"cars_{unique}"].find()) == ["car-0", "car-1", "car-3", "car-4", "car-5"]
+
+
+def test_a_write_sends_nothing_more_once_its_member_lost_the_partitions(mongodb_uri, unique):
+    """The writer asks before each command; the chunks after a "no" are never sent, and the write is stale."""
+    from pymongo import MongoClient
+
+    from inference.transformer.twin_store import BULK_CHUNK, TwinStore
+
+    client = MongoClient(mongodb_uri)
+    store = TwinStore(client, "fleetpulse", f"cars_{unique}")
+    ids = [f"car-{i:02d}" for i in range(2 * BULK_CHUNK + 5)]
+    assert store.save(snapshot(ids, [1] * len(ids), has_twin=False)).written == len(ids)
+    answers = iter([True])
+    saved = store.save(snapshot(ids, [9] * len(ids)), may_send=lambda: next(answers, False))
+    assert saved.stale and saved.written == BULK_CHUNK and saved.dropped == len(ids) - BULK_CHUNK
+    offsets = {d["_id"]: d["offsets"]["0"] for d in client["fleetpulse"][f"cars_{unique}"].find()}
+    assert offsets == {car: 9 if i < BULK_CHUNK else 1 for i, car in enumerate(ids)}
+
+
+def test_after_a_pause_twin_writes_wait_the_hold_and_a_loss_meanwhile_drops_them(mongodb_uri, unique):
+    """A member woken from a SIGSTOP: its write waits until Kafka could have told it the partitions moved;
+    told so meanwhile, it sends nothing; not told, it writes once the hold is over."""
+    from pymongo import MongoClient
+
+    from inference.transformer.checkpoint import PauseFence
+    from inference.transformer.metrics import RunSummary
+    from inference.transformer.retrying import Retries
+    from inference.transformer.twin_store import TwinStore, TwinWriter
+
+    client = MongoClient(mongodb_uri)
+    coll = client["fleetpulse"][f"cars_{unique}"]
+    store = TwinStore(client, "fleetpulse", f"cars_{unique}")
+    assert store.save(snapshot(["car-a", "car-b"], [1, 1], has_twin=False)).written == 2
+    writer = TwinWriter(store, Retries(RunSummary(), lambda _: None, 1.0), PauseFence(pause_s=1.0, hold_s=2.0, now=time.monotonic()))
+    end_watch = writer.watch_pauses()
+    try:
+        writer.pauses.seen -= 3  # as if no thread of the process had run for 3 s
+        writer.submit(snapshot(["car-a", "car-b"], [5, 5]), {0: 5})
+        time.sleep(1.0)
+        assert writer.finish(wait=False) is None and {d["offsets"]["0"] for d in coll.find()} == {1}
+        writer.drop()  # the loop's on_lost
+        stale = writer.finish(wait=True, timeout_s=5)
+        assert stale.saved.stale and stale.saved.dropped == 2 and stale.epoch != writer.epoch
+        assert {d["offsets"]["0"] for d in coll.find()} == {1}
+
+        writer.pauses.seen -= 3
+        t0 = time.monotonic()
+        writer.submit(snapshot(["car-a", "car-b"], [7, 7]), {0: 7})
+        written = writer.finish(wait=True, timeout_s=10)
+        assert time.monotonic() - t0 >= 2.0 - 0.2  # the hold, less the watchdog's tick
+        assert written.saved.written == 2 and not written.saved.stale and written.epoch == writer.epoch
+        assert {d["offsets"]["0"] for d in coll.find()} == {7}
+    finally:
+        end_watch()
