@@ -137,8 +137,8 @@ def decide(model_name, bucket, once, interval_s, shadow_topic, truth_topic, aler
     Both models are judged on the same shadowed events (model-shadow), under the serving hysteresis,
     with the figures of fleetpulse.evaluation. After --min-car-hours of shadow the candidate is
     rejected if it is worse than stable, else promoted. Worse (FLEETPULSE_DECIDE_* override each):
-      recall on labelled failure episodes lower by more than RECALL_MARGIN (0.02), judged on at
-        least MIN_EPISODES (10) failures;
+      recall on labelled failure episodes lower by more than RECALL_MARGIN (0.02) and by more
+        than one episode, judged on at least MIN_EPISODES (10) failures;
       false alerts per 1,000 car-hours above stable's by more than FALSE_ALERT_MARGIN (0.5) and
         above FALSE_ALERT_BUDGET (1);
       without ground truth for the shadowed cars: alerts per 1,000 car-hours above

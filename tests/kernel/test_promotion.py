@@ -54,6 +54,11 @@ def test_recall_lower_by_no_more_than_the_margin_is_not_worse():
     assert RULE.decide(figures(recall=0.98), figures("2", recall=0.98 - RULE.recall_margin + 0.001)).verdict == PROMOTE
 
 
+def test_one_failure_missed_more_than_stable_is_never_a_verdict_however_few_the_failures():
+    assert RULE.decide(figures(recall=1.0, episodes=37), figures("2", recall=36 / 37, episodes=37)).verdict == PROMOTE
+    assert RULE.decide(figures(recall=1.0, episodes=37), figures("2", recall=35 / 37, episodes=37)).verdict == REJECT
+
+
 def test_recall_on_fewer_failures_than_the_minimum_is_not_judged():
     few = RULE.min_episodes - 1
     decision = RULE.decide(figures(recall=1.0, episodes=few), figures("2", recall=0.0, episodes=few))
