@@ -47,6 +47,28 @@ def closing_table(summary: dict) -> Table:
     return t
 
 
+def lifecycle_tables(life: dict) -> list[Table]:
+    """Each model's figures on the cars the update reached and the others; then what happened, when."""
+    t = Table(title="Model lifecycle: an over-the-air firmware update", show_header=True, header_style="bold")
+    for col in ("model", "false alerts / 1,000 car-h, updated cars", "other cars", "recall", "goal"):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    for name, period in life.get("periods", {}).items():
+        recall = period["all"]["recall"]
+        t.add_row(name, f"{period['updated']['false_alerts_per_1000_car_hours']:,.2f}",
+                  f"{period['not_updated']['false_alerts_per_1000_car_hours']:,.2f}", "n/a" if recall is None else f"{recall:.3f}",
+                  "" if period["version"] == life["v1"] else "< 1, >= 0.95")  # fmt: skip
+    when = Table(show_header=True, header_style="bold")
+    when.add_column("s", justify="right")
+    when.add_column("what")
+    for name, at in sorted(life.get("markers_s", {}).items(), key=lambda kv: kv[1]):
+        when.add_row(f"{at:.1f}", name)
+    for r in life.get("retrain", []):
+        when.add_row("", f"retrain: {r.get('outcome')}: {r.get('detail', '')}")
+    for d in life.get("decisions", []):
+        when.add_row("", f"decider: {d.get('action')} v{d.get('version')}: {d.get('reason', '')}")
+    return [t, when]
+
+
 @click.command()
 @click.option("--cars", default=2000, show_default=True, type=click.IntRange(1, 200_000))
 @click.option("--rate", default=5.0, show_default=True, type=click.FloatRange(0.01, 100), help="Events per second per car.")
@@ -65,25 +87,47 @@ def closing_table(summary: dict) -> Table:
 @click.option("--out", "out_dir", default="reports/demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--keep-stack", is_flag=True, help="Leave the local stack running afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout at the end.")
-def demo(cars, rate, duration, train_duration, sample_interval, failures, seed, train_profile, profile, model, epochs, min_f1, out_dir, keep_stack, as_json) -> None:
+@click.option("--lifecycle", is_flag=True,
+              help="The model lifecycle instead: an OTA firmware rollout, drift, a retrain, the candidate in shadow, the promotion "
+                   "decision (reports/lifecycle/; --duration defaults to 240).")
+def demo(cars, rate, duration, train_duration, sample_interval, failures, seed, train_profile, profile, model, epochs, min_f1, out_dir, keep_stack,
+         as_json, lifecycle) -> None:
     """Run the whole story on the local stack and write reports/demo/summary.json and report.html.
 
     The model trains on a first stretch of the stream; detection is measured on a later stretch it
     never saw, against the simulator's ground truth. `--cars 100000 --rate 0.1 --duration 300` is the
     original 100,000-car scenario.
+
+    With --lifecycle: v1 trains on a fleet on one firmware; during the detection stretch an
+    over-the-air update reaches 60% of the cars; the transformer's drift watch requests a retrain,
+    `fleetpulse models retrain` publishes v2 as the candidate, the transformer shadows it and
+    `fleetpulse models decide` promotes or rejects it. The report shows both models' false alerts on
+    updated cars and recall, over time, with the markers.
     """
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
     console = Console(stderr=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    params = DemoParams(
+    given = {name: value for name, value in dict(
         cars=cars, rate=rate, duration=duration, train_duration=train_duration, sample_interval=sample_interval, failures=failures,
         seed=seed, train_profile=train_profile, profile=profile, model=model, epochs=epochs, min_f1=min_f1, out_dir=out_dir, keep_stack=keep_stack,
-    )  # fmt: skip
+    ).items() if not lifecycle or ctx.get_parameter_source(name) != ParameterSource.DEFAULT or name in ("keep_stack", "min_f1")}  # fmt: skip
     try:
-        summary = Demo(params, console).run()
+        if lifecycle:
+            from devtools.demo.lifecycle import LifecycleDemo, LifecycleParams
+
+            summary = LifecycleDemo(LifecycleParams(**given), console).run()
+        else:
+            summary = Demo(DemoParams(**given), console).run()
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: every process the demo started was stopped[/]")
         raise SystemExit(130) from None
     console.print(closing_table(summary))
+    if "lifecycle" in summary:
+        for table in lifecycle_tables(summary["lifecycle"]):
+            console.print(table)
+    out_dir = Path(given.get("out_dir", "reports/lifecycle"))
     console.print(f"report: {out_dir / 'report.html'}  summary: {out_dir / 'summary.json'}")
     if as_json:
         click.echo(json.dumps(summary))

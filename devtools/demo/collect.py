@@ -27,6 +27,7 @@ class EventLog:
     partition: np.ndarray  # int32
     offset: np.ndarray  # int64
     ts_ms: np.ndarray  # int64
+    column: np.ndarray | None = None  # float32: one sensor's reading per event (NaN: undecodable), when asked for
 
 
 class Watermarks:
@@ -80,15 +81,23 @@ def read_range(kafka: KafkaConnection, topic: str, start: dict[int, int], end: d
         consumer.close()
 
 
-def event_log(kafka: KafkaConnection, topic: str, start: dict[int, int], end: dict[int, int]) -> EventLog:
-    cars, parts, offs, tss = [], [], [], []
+def event_log(kafka: KafkaConnection, topic: str, start: dict[int, int], end: dict[int, int], column: str | None = None) -> EventLog:
+    """The events between the offsets; with ``column`` (a cardata-v1 field), that reading of each."""
+    from fleetpulse.codec import decode_batch
+    from fleetpulse.contract import SENSOR_FIELDS
+
+    j = SENSOR_FIELDS.index(column) if column is not None else None
+    cars, parts, offs, tss, cols = [], [], [], [], []
     for batch in read_range(kafka, topic, start, end):
         cars.extend(m.key().decode() for m in batch)
         parts.extend(m.partition() for m in batch)
         offs.extend(m.offset() for m in batch)
         tss.extend(m.timestamp()[1] for m in batch)
+        if j is not None:
+            cols.append(decode_batch([m.value() for m in batch]).values[:, j])
     return EventLog(
-        car=np.array(cars, dtype=object), partition=np.array(parts, dtype=np.int32), offset=np.array(offs, dtype=np.int64), ts_ms=np.array(tss, dtype=np.int64)
+        car=np.array(cars, dtype=object), partition=np.array(parts, dtype=np.int32), offset=np.array(offs, dtype=np.int64), ts_ms=np.array(tss, dtype=np.int64),
+        column=(np.concatenate(cols) if cols else np.zeros(0, np.float32)) if j is not None else None,
     )
 
 

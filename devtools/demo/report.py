@@ -101,6 +101,7 @@ def summary_dict(run: dict, ev: Quality) -> dict:
         "stages_s": run.get("stages_s", {}),
         "parameters": run.get("parameters", {}),
         "wall_time_s": run.get("wall_time_s"),
+        **({"lifecycle": run["lifecycle"]} if "lifecycle" in run else {}),
     }
 
 
@@ -119,6 +120,7 @@ def render_html(summary: dict, run: dict, ev: Quality) -> str:
     )
     out.append("<h2>Architecture</h2>" + architecture_svg())
     out += _headline(summary)
+    out += _lifecycle(summary)
     out += _quality_tables(summary)
     out += _score_traces(summary, run)
     out += _delays(ev)
@@ -212,3 +214,54 @@ def write(out_dir: Path, run: dict, ev: Quality) -> dict:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.html").write_text(render_html(summary, run, ev))
     return summary
+
+
+def _lifecycle(s: dict) -> list[str]:
+    """`demo --lifecycle`: v1 and v2 side by side, the timeline with its markers, the decision."""
+    life = s.get("lifecycle")
+    if not life:
+        return []
+    markers = life.get("markers_s", {})
+    out = ["<h2>Model lifecycle: an over-the-air firmware update</h2>",
+           f'<p class=sub>Firmware {life["ota"]["firmware"]} rolled out from {life["ota"]["start_s"]:g} s over {life["ota"]["ramp_s"]:g} s '
+           f'to {life["ota"]["share"]:.0%} of the fleet; v{life["v1"]} trained before it, v{life["v2"] or "?"} retrained on the drift. '
+           "False alerts are counted when raised, under the model that raised them.</p>",
+           "<table><tr><th>model</th><th>cars</th><th>false alerts / 1,000 car-h, updated cars</th>"
+           "<th>... other cars</th><th>recall (events)</th><th>healthy car-hours</th></tr>"]  # fmt: skip
+    for name, period in life.get("periods", {}).items():
+        recall = period["all"]["recall"]
+        out.append(f"<tr><td>{escape(name)}{' (trained before the rollout)' if period['version'] == life['v1'] else ''}</td><td>{period['all']['cars']:,}</td>"
+                   f"<td>{period['updated']['false_alerts_per_1000_car_hours']:,.2f}</td>"
+                   f"<td>{period['not_updated']['false_alerts_per_1000_car_hours']:,.2f}</td>"
+                   f"<td>{'n/a' if recall is None else f'{recall:.3f}'}</td><td>{period['all']['healthy_car_hours']:,.0f}</td></tr>")  # fmt: skip
+    out.append("</table>")
+    timeline = life.get("timeline", [])
+    if timeline:
+        t = [row["t_s"] for row in timeline]
+        out.append("<div class=grid2>")
+        out.append(svg.line_chart(
+            {"updated cars": (t, [row["false_alerts_per_1000_car_hours_updated"] + 0.01 for row in timeline]),
+             "other cars": (t, [row["false_alerts_per_1000_car_hours_not_updated"] + 0.01 for row in timeline])},
+            title="false alerts per 1,000 car-hours (log, +0.01)", x_label="seconds into the detection stretch", y_label="per 1,000 car-h",
+            vlines=markers, hlines={"budget 1": 1.0}, width=1060, log_y=True))  # fmt: skip
+        out.append(svg.line_chart(
+            {"recall": (t, [row["recall"] if row["recall"] is not None else 0.0 for row in timeline]),
+             "updated share": (t, [row["updated_share"] for row in timeline])},
+            title="recall on failing events, and the share of events on the new firmware", x_label="seconds into the detection stretch",
+            y_label="share", vlines=markers, hlines={"0.95": 0.95}, width=520))  # fmt: skip
+        psi = life.get("firmware_psi", [])
+        if psi:
+            out.append(svg.line_chart({"firmware PSI": ([p[0] for p in psi], [p[1] for p in psi])}, title="firmware drift (transformer gauge)",
+                                      x_label="seconds into the detection stretch", y_label="PSI", vlines=markers,
+                                      hlines={"threshold": life.get("drift_threshold", 0.25)}, width=520))  # fmt: skip
+        out.append("</div>")
+    out.append("<table><tr><th>when (s)</th><th>what</th></tr>")
+    for name, at in sorted(markers.items(), key=lambda kv: kv[1]):
+        out.append(f"<tr><td>{at:.1f}</td><td>{escape(name)}</td></tr>")
+    out.append("</table>")
+    for r in life.get("retrain", []):
+        out.append(f"<p><b>retrain: {escape(str(r.get('outcome')))}</b>: {escape(str(r.get('detail', '')))}</p>")
+    for d in life.get("decisions", []):
+        out.append(f"<p><b>decider: {escape(d.get('action', ''))} v{d.get('version')}</b> ({'applied' if d.get('applied') else 'not applied'}): "
+                   f"{escape(str(d.get('reason', '')))}</p>")  # fmt: skip
+    return out

@@ -64,6 +64,10 @@ class Demo:
         self.stages: dict[str, float] = {}
         self.run_id = uuid.uuid4().hex[:8]
         self.watermarks: collect.Watermarks | None = None  # from stack up on, as the operator
+        self.log_column: str | None = None  # a sensor the event log also reads back (the lifecycle: firmware)
+        from fleetpulse import endpoints
+
+        self.bucket = endpoints.MODEL_BUCKET  # where the model's versions and channels are (the lifecycle: its own)
         for name in ("http_port", "grpc_port", "bridge_metrics_port", "score_metrics_port"):
             if not getattr(self.p, name):
                 setattr(self.p, name, free_port())
@@ -149,14 +153,14 @@ class Demo:
         self.children.start("bridge", "bridge", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.bridge_metrics_port}/metrics", 60, alive=lambda: self.children.check_alive("bridge"))
 
-    def _simulate(self, duration: float, seed: int, profile: str) -> dict:
+    def _simulate(self, duration: float, seed: int, profile: str, *extra: str) -> dict:
         before = self.watermarks(SENSOR_DATA)
         t0 = int(time.time() * 1000)
         summary = self.children.run_json(
             f"simulate-{seed}",
             "simulate", "--cars", str(self.p.cars), "--rate", str(self.p.rate), "--duration", str(duration), "--seed", str(seed),
             "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "1",
-            "--connections", str(SIMULATOR_CONNECTIONS), "--profile", profile, "--json", env=self._simulator_env(),
+            "--connections", str(SIMULATOR_CONNECTIONS), "--profile", profile, "--json", *extra, env=self._simulator_env(),
         )  # fmt: skip
         self._wait_bridge_idle()
         summary["window"] = {"from_ts": t0, "to_ts": int(time.time() * 1000), "start_offsets": before,
@@ -189,7 +193,8 @@ class Demo:
         w = train_sim["window"]
         return self.children.run_json(
             "train", "train", "--model", self.p.model, "--epochs", str(self.p.epochs), "--min-f1", str(self.p.min_f1), "--json",
-            "--from-ts", str(w["from_ts"]), "--to-ts", str(w["to_ts"]), env=access.kafka_env("TRAIN", self.stack_settings, identity="training"),
+            "--from-ts", str(w["from_ts"]), "--to-ts", str(w["to_ts"]), "--bucket", self.bucket,
+            env=access.kafka_env("TRAIN", self.stack_settings, identity="training"),
         )  # fmt: skip
 
     def _promote(self, trained: dict) -> None:
@@ -206,11 +211,12 @@ class Demo:
         before, _ = model_store.promote(gcs_client(endpoints.GCS_ENDPOINT), bucket, trained["model"], trained["version"])
         self.console.print(f"  {trained['model']} version {trained['version']} is stable (was version {before.stable})", style="dim")
 
-    def _start_server(self) -> None:
-        self.children.start("serve", "serve", "--http-port", str(self.p.http_port), "--grpc-port", str(self.p.grpc_port), "--model", self.p.model_name)
+    def _start_server(self, *extra: str) -> None:
+        self.children.start("serve", "serve", "--http-port", str(self.p.http_port), "--grpc-port", str(self.p.grpc_port),
+                            "--model-uri", f"gs://{self.bucket}/{self.p.model_name}", "--model", self.p.model_name, *extra)  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{self.p.http_port}/v2/models/{self.p.model_name}/ready", 180, alive=lambda: self.children.check_alive("serve"))
 
-    def _start_scorer(self) -> None:
+    def _start_scorer(self, extra_env: dict[str, str] | None = None) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         from fleetpulse.clients import kafka_config
@@ -224,8 +230,9 @@ class Demo:
         c.close()
         env = {"FLEETPULSE_SCORE_GROUP_ID": self.group, "FLEETPULSE_SCORE_MODEL_GRPC": f"127.0.0.1:{self.p.grpc_port}",
                "FLEETPULSE_SCORE_MODEL_NAME": self.p.model_name, "FLEETPULSE_SCORE_METRICS_PORT": str(self.p.score_metrics_port),
+               "FLEETPULSE_SCORE_MODEL_URI": f"gs://{self.bucket}/{self.p.model_name}",
                **access.kafka_env("SCORE", self.stack_settings, identity="transformer"),
-               **access.mongodb_env("SCORE", self.stack_settings, identity="transformer")}  # fmt: skip
+               **access.mongodb_env("SCORE", self.stack_settings, identity="transformer"), **(extra_env or {})}  # fmt: skip
         self.children.start("score", "score", "--until-idle", str(self.p.idle_s), "--json", env=env)
         wait_http_ok(f"http://127.0.0.1:{self.p.score_metrics_port}/metrics", 90, alive=lambda: self.children.check_alive("score"))
         self.t_detect_start = time.time()
@@ -279,9 +286,10 @@ class Demo:
     def _collect(self, trained: dict, live_sim: dict, scored: dict) -> dict:
         end = {t: self.watermarks(t) for t in (SENSOR_DATA, ALERTS, GROUND_TRUTH)}
         start = self.start_offsets
-        log = collect.event_log(self.kafka, SENSOR_DATA, start[SENSOR_DATA], end[SENSOR_DATA])
+        log = collect.event_log(self.kafka, SENSOR_DATA, start[SENSOR_DATA], end[SENSOR_DATA], column=self.log_column)
         alerts = collect.alerts(self.kafka, ALERTS, start[ALERTS], end[ALERTS])
         truth = collect.truth(self.kafka, GROUND_TRUTH, start[GROUND_TRUTH], end[GROUND_TRUTH])
+        self.collected = (log, alerts, truth)
         ev = evaluation.quality(collect.alerting(log, alerts), evaluation.label(log.car, log.ts_ms, truth))
         cars = sorted(set(log.car.tolist()))
         twins = self._count_twins(cars)
