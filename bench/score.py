@@ -274,7 +274,7 @@ def latency_at_rate(server: ModelServer, rate: int, seconds: float, n_cars: int,
     drop_twins(unique)
     lat = np.array(lat or [np.nan], dtype=float)
     return {"offered_events_per_s": round(sent / offered_s, 1), "events": sent, "alerts": int(np.isfinite(lat).sum()),
-            "p50_ms": float(np.nanpercentile(lat, 50)), "p99_ms": float(np.nanpercentile(lat, 99)), "max_ms": float(np.nanmax(lat)),
+            "p50_ms": round(float(np.nanpercentile(lat, 50)), 1), "p99_ms": round(float(np.nanpercentile(lat, 99)), 1), "max_ms": float(np.nanmax(lat)),
             "shadow_share": shadow, "loadavg_1m_at_start": load, "transformer": summary}
 
 
