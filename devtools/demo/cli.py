@@ -20,6 +20,10 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _s(value) -> str:
+    return "n/a" if value is None else f"{value:g} s"
+
+
 def closing_table(summary: dict) -> Table:
     t = Table(title="FleetPulse demo", show_header=True, header_style="bold")
     t.add_column("figure")
@@ -36,6 +40,9 @@ def closing_table(summary: dict) -> Table:
         ("events/s through the scorer", f"{(summary.get('events_per_s') or 0):,.0f}", ""),
         ("p99 event -> alert", "n/a" if p99 is None else f"{p99:,.0f} ms", "< 250 ms"),
         ("alerts / cars with a twin", f"{summary['alerts']:,} / {summary['twins']:,}", "every car has a twin"),
+        ("twin age p99 / drain after the stream", f"{_s(summary.get('twin_freshness_p99_s'))} / {_s(summary.get('drain_s'))}",
+         "<= twin interval + 5 s / < 10 s"),
+        ("CPU share of the box (all but the simulator)", "n/a" if summary.get("cpu_share") is None else f"{summary['cpu_share']:.0%}", "< 50%"),
         ("fleets (trained on -> detected on)", f"{summary['parameters'].get('train_profile')} -> {summary['parameters'].get('profile')}", ""),
         ("model", str(summary.get("model_uri")), ""),
         ("wall time", f"{summary.get('wall_time_s')} s", ""),

@@ -105,7 +105,7 @@ class LifecycleDemo(Demo):
             ota = ("--ota-firmware", str(self.p.ota_firmware), "--ota-start-s", str(self.p.ota_start_s),
                    "--ota-ramp-s", str(self.p.ota_ramp_s), "--ota-share", str(self.p.ota_share))  # fmt: skip
             live_sim = self.stage(f"simulate: detection stretch, OTA firmware {self.p.ota_firmware} to {self.p.ota_share:.0%} of the fleet",
-                                  lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile, *ota))  # fmt: skip
+                                  lambda: self._measured(lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile, *ota)))  # fmt: skip
             scored = self.stage("drain transformer", self._drain)
             self.watching = False
             run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
@@ -113,6 +113,7 @@ class LifecycleDemo(Demo):
             run["stages_s"] = {k: round(v, 1) for k, v in self.stages.items()}
             run["wall_time_s"] = round(time.monotonic() - t_start, 1)
             run["events_published"] = train_sim.get("events_sent", 0) + live_sim.get("events_sent", 0)
+            run.update(self.measured)
             ev = run.pop("_evaluation")
             return report.write(self.p.out_dir, run, ev)
         finally:

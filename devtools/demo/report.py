@@ -101,6 +101,13 @@ def summary_dict(run: dict, ev: Quality) -> dict:
         "stages_s": run.get("stages_s", {}),
         "parameters": run.get("parameters", {}),
         "wall_time_s": run.get("wall_time_s"),
+        # What the detection stretch cost (#15): the box's CPU share of every server and FleetPulse
+        # process but the simulator, per process; twins' age p99; stream end -> every twin durable.
+        "cpu_share": run.get("cpu_share"),
+        "cpu": run.get("cpu"),
+        "twin_freshness_p99_s": run.get("twin_freshness_p99_s"),
+        "drain_s": run.get("drain_s"),
+        "scored_all_s": run.get("scored_all_s"),
         **({"lifecycle": run["lifecycle"]} if "lifecycle" in run else {}),
     }
 

@@ -65,6 +65,7 @@ class Demo:
         self.run_id = uuid.uuid4().hex[:8]
         self.watermarks: collect.Watermarks | None = None  # from stack up on, as the operator
         self.log_column: str | None = None  # a sensor the event log also reads back (the lifecycle: firmware)
+        self.measured: dict = {}  # what the detection stretch cost (cpu_share, twin freshness, drain)
         from fleetpulse import endpoints
 
         self.bucket = endpoints.MODEL_BUCKET  # where the model's versions and channels are (the lifecycle: its own)
@@ -92,12 +93,13 @@ class Demo:
             self.stage("model server", self._start_server)
             self.stage("transformer", self._start_scorer)
             live_sim = self.stage(f"simulate: detection stretch ({self.p.profile} fleet)",
-                                  lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile))  # fmt: skip
+                                  lambda: self._measured(lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile)))  # fmt: skip
             scored = self.stage("drain transformer", self._drain)
             run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
             run["stages_s"] = {k: round(v, 1) for k, v in self.stages.items()}
             run["wall_time_s"] = round(time.monotonic() - t_start, 1)
             run["events_published"] = train_sim.get("events_sent", 0) + live_sim.get("events_sent", 0)
+            run.update(self.measured)
             ev = run.pop("_evaluation")
             return report.write(self.p.out_dir, run, ev)
         finally:
@@ -250,16 +252,66 @@ class Demo:
             (t0, n0), (t1, n1) = samples[max(0, len(samples) - 1 - window)], samples[-1]
             self.throughput.append((round(t1 - self.t_detect_start, 1), max(0.0, (n1 - n0) / (t1 - t0))))
 
+    def _measured(self, stretch: Callable[[], dict]) -> dict:
+        """Run the detection stretch measuring what it costs: CPU per process (every server and
+        FleetPulse process but the simulator, which stands for the cars) and how fresh twins are."""
+        from devtools.demo.cpu import CpuMeter
+
+        pids = {svc.label: pid for svc in control.services(self.stack_settings) if (pid := svc.process.pid()) is not None}
+        pids.update({name: proc.pid for name, proc in self.children.procs.items() if proc.poll() is None})
+        meter = CpuMeter(pids)
+        ages: list[np.ndarray] = []
+        done = threading.Event()
+        sampler = threading.Thread(target=self._sample_twin_ages, args=(ages, done), daemon=True)
+        meter.start()
+        sampler.start()
+        try:
+            return stretch()
+        finally:
+            done.set()
+            cpu = meter.stop()
+            sampler.join(30)
+            all_ages = np.concatenate(ages) if ages else np.zeros(0)
+            self.measured = {"cpu_share": cpu["cpu_share"], "cpu": cpu,
+                             "twin_freshness_p99_s": round(float(np.percentile(all_ages, 99)), 1) if len(all_ages) else None,
+                             "twin_freshness_samples": len(ages)}  # fmt: skip
+
+    def _sample_twin_ages(self, ages: list, done: threading.Event, every_s: float = 10.0) -> None:
+        """Every ``every_s``: each twin's age, now minus the Kafka time of the newest event it holds
+        (the car's own gap between events included)."""
+        from fleetpulse.clients import mongo_client
+        from fleetpulse.twin import TWIN_COLLECTION, TWIN_DATABASE
+
+        client = mongo_client(access.mongodb_uri(self.stack_settings))
+        try:
+            coll = client[TWIN_DATABASE][TWIN_COLLECTION]
+            while not done.wait(every_s):
+                now = time.time() * 1000
+                seen = np.array([d.get("last_seen_ms", 0) for d in coll.find({}, {"last_seen_ms": 1}, batch_size=10_000)], np.float64)
+                if len(seen):
+                    ages.append((now - seen) / 1000)
+        except Exception as exc:  # noqa: BLE001 - a lost sample leaves the figure to the others
+            self.console.print(f"  twin freshness sampling stopped: {type(exc).__name__}: {exc}", style="dim")
+        finally:
+            client.close()
+
     def _drain(self) -> dict:
         proc = self.children.procs["score"]
         end = self.watermarks(SENSOR_DATA)
         total = sum(end.values()) - sum(self.start_offsets[SENSOR_DATA].values())
+        t0, scored_all = time.monotonic(), None
         with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console) as bar:
             task = bar.add_task("score", total=total)
             while proc.poll() is None:
-                bar.update(task, completed=min(total, self._scored()))
+                scored = self._scored()
+                if scored_all is None and scored >= total:
+                    scored_all = time.monotonic() - t0
+                bar.update(task, completed=min(total, scored))
                 time.sleep(0.5)
             bar.update(task, completed=min(total, self._scored()))
+        # The transformer leaves once idle for idle_s, after its final checkpoint: every twin durable.
+        self.measured.update(drain_s=round(max(0.0, time.monotonic() - t0 - self.p.idle_s), 1),
+                             scored_all_s=None if scored_all is None else round(scored_all, 1))
         self.sampling = False
         self.children.procs.pop("score", None)
         if proc.returncode != 0:

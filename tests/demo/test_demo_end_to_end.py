@@ -42,6 +42,10 @@ def test_demo_runs_the_whole_story_and_reports_measured_quality(stack, tmp_path)
     quality = {k: summary[k] for k in ("f1", "precision", "recall", "false_alerts_per_1000_car_hours")}
     assert summary["precision"] > 0.8 and summary["recall"] > 0.5, quality
     assert (out / "report.html").read_text().count("<svg") >= 5
+    # What the stretch cost: the box's CPU share, each server and service named, the simulator not.
+    assert 0 < summary["cpu_share"] <= 1 and {"kafka", "mongodb", "bridge", "score", "serve"} <= set(summary["cpu"]["cpu_s"])
+    assert not any(name.startswith("simulate") for name in summary["cpu"]["cpu_s"])
+    assert summary["twin_freshness_p99_s"] is not None and summary["drain_s"] is not None
     # Secured, every service logged in as itself: no password on the terminal, in a log or a report.
     written = proc.stdout + proc.stderr + "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
     leaked = [name for name, secret in _secrets().items() if secret in written]
