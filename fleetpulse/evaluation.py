@@ -148,6 +148,19 @@ class Quality:
     cars: int
     healthy_cars: int
     healthy_cars_alerted: int
+    episode_events: tuple[int, ...] = ()  # per episode, in order: how many of its events were evaluated
+    episode_detected: tuple[bool, ...] = ()  # per episode: alerted at any of them
+
+    def failures_with_at_least(self, events: int) -> dict:
+        """The episodes with at least ``events`` events (a hysteresis needing k readings over threshold
+        cannot alert on fewer than k), and the others: how many, how many detected, the share."""
+        length = np.asarray(self.episode_events, np.int64)
+        detected = np.asarray(self.episode_detected, bool)
+        out = {}
+        for name, mask in ((f"at_least_{events}_events", length >= events), (f"fewer_than_{events}_events", length < events)):
+            n = int(mask.sum())
+            out[name] = {"failures": n, "detected": int(detected[mask].sum()), "recall": float(detected[mask].mean()) if n else None}
+        return out
 
     @property
     def events(self) -> int:
@@ -199,7 +212,7 @@ def quality(alerting: np.ndarray, labels: Labels) -> Quality:
     was_alerting = np.r_[False, alert[:-1]] & ~first
     false_alerts = int((alert & ~was_alerting & (modes == HEALTHY)).sum())
 
-    starts, first_hit = _episodes(first, modes, alert)
+    starts, first_hit, lengths = _episodes(first, modes, alert)
     hit = first_hit >= 0
     delays, episode_modes = first_hit - starts, modes[starts]
 
@@ -227,6 +240,8 @@ def quality(alerting: np.ndarray, labels: Labels) -> Quality:
         cars=int(present.sum()),
         healthy_cars=int(healthy_cars.sum()),
         healthy_cars_alerted=int((healthy_cars & alerted).sum()),
+        episode_events=tuple(lengths.tolist()),
+        episode_detected=tuple(hit.tolist()),
     )
 
 
@@ -239,9 +254,9 @@ def figures(flags: np.ndarray, labels: Labels, rule: Rule = Rule()) -> dict:
     }
 
 
-def _episodes(first: np.ndarray, modes: np.ndarray, alert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Failure episodes of events grouped by car: each one's start position, and its first alerting
-    position (-1 if none)."""
+def _episodes(first: np.ndarray, modes: np.ndarray, alert: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Failure episodes of events grouped by car: each one's start position, its first alerting
+    position (-1 if none) and its number of events."""
     failing = modes != HEALTHY
     starts_mask = failing & (first | np.r_[True, modes[1:] != modes[:-1]])
     starts = np.flatnonzero(starts_mask)
@@ -249,7 +264,8 @@ def _episodes(first: np.ndarray, modes: np.ndarray, alert: np.ndarray) -> tuple[
     first_hit = np.full(len(starts), len(modes), np.int64)
     hits = np.flatnonzero(failing & alert)
     np.minimum.at(first_hit, episode[hits], hits)
-    return starts, np.where(first_hit < len(modes), first_hit, -1)
+    lengths = np.bincount(episode[failing], minlength=len(starts)) if len(starts) else np.zeros(0, np.int64)
+    return starts, np.where(first_hit < len(modes), first_hit, -1), lengths
 
 
 def _car_index(cars: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from devtools.demo import svg
 from fleetpulse.evaluation import Quality
+from fleetpulse.hysteresis import Rule
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#111827;padding:0 1rem}
@@ -97,6 +98,9 @@ def summary_dict(run: dict, ev: Quality) -> dict:
         "threshold": run.get("threshold"),
         "training": run.get("training", {}),
         "per_failure_mode": _per_mode(ev),
+        # Failures a 3-readings hysteresis could alert on (#15: at 0.1 ev/s a car sends 30 events in
+        # 5 minutes, and one that starts failing in its last ones cannot), apart from the rest.
+        "failures_by_length": ev.failures_with_at_least(Rule().k_warning),
         "confusion": {"tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn},
         "stages_s": run.get("stages_s", {}),
         "parameters": run.get("parameters", {}),

@@ -134,3 +134,17 @@ def test_how_cars_interleave_in_the_stream_does_not_change_a_figure(data):
     a = quality(alerting, label(names, ts, truth))
     b = quality(alerting[interleaved], label(names[interleaved], ts[interleaved], truth))
     assert a == b
+
+
+def test_a_failure_with_fewer_events_than_the_hysteresis_needs_is_reported_apart_from_the_detectable_ones():
+    # Car a fails from its 3rd of 10 events and is caught; car b fails in its last 2 events, which no
+    # rule needing 3 readings over threshold can alert on.
+    truth = [TruthRecord("a", "overheating", 2000, 1.0, 2), TruthRecord("b", "overheating", 8000, 1.0, 8)]
+    keys = np.array([b"a"] * 10 + [b"b"] * 10, dtype=object)
+    ts = np.tile(np.arange(10) * 1000, 2)
+    flags = np.r_[np.arange(10) >= 2, np.arange(10) >= 8]
+    q = quality(alert_states(flags, label(keys, ts, truth).car, RULE), label(keys, ts, truth))
+    assert q.failures_with_at_least(RULE.k_warning) == {
+        "at_least_3_events": {"failures": 1, "detected": 1, "recall": 1.0},
+        "fewer_than_3_events": {"failures": 1, "detected": 0, "recall": 0.0},
+    }
