@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from devtools.demo import collect, report
+from devtools.demo import collect
 from devtools.demo.processes import StageFailed, wait_http_ok
 from devtools.demo.run import Demo, DemoParams
 from devtools.stack import access
@@ -86,46 +86,33 @@ class LifecycleDemo(Demo):
         self.markers: dict[str, float] = {}
         self.watching = False
 
-    def run(self) -> dict:
-        t_start = time.monotonic()
-        try:
-            self.stage("stack up", self._stack_up)
-            self.stage(f"model bucket gs://{self.bucket}", self._create_bucket)
-            self.stage("bridge", self._start_bridge)
-            train_sim = self.stage(f"simulate: training stretch ({self.p.train_profile} fleet, one firmware)",
-                                   lambda: self._simulate(self.p.train_duration, self.p.seed, self.p.train_profile))  # fmt: skip
-            trained = self.stage("train v1 (KFP pipeline)", lambda: self._train(train_sim))
-            self.stage("promote v1 to stable", lambda: self._promote(trained))
-            self.v1 = int(trained["version"])
-            self.stage("model server (stable and candidate)", lambda: self._start_server("--poll-interval", str(self.p.poll_s)))
-            self.stage("transformer (shadow, drift watch)", lambda: self._start_scorer(self._lifecycle_env()))
-            self.stage("retrain loop and decider", self._start_loops)
-            self.t0 = time.time()
-            threading.Thread(target=self._watch, daemon=True).start()
-            ota = ("--ota-firmware", str(self.p.ota_firmware), "--ota-start-s", str(self.p.ota_start_s),
-                   "--ota-ramp-s", str(self.p.ota_ramp_s), "--ota-share", str(self.p.ota_share))  # fmt: skip
-            live_sim = self.stage(f"simulate: detection stretch, OTA firmware {self.p.ota_firmware} to {self.p.ota_share:.0%} of the fleet",
-                                  lambda: self._measured(lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile, *ota)))  # fmt: skip
-            scored = self.stage("drain transformer", self._drain)
-            self.watching = False
-            run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
-            run["lifecycle"] = self.stage("lifecycle figures", self._lifecycle)
-            run["stages_s"] = {k: round(v, 1) for k, v in self.stages.items()}
-            run["wall_time_s"] = round(time.monotonic() - t_start, 1)
-            run["events_published"] = train_sim.get("events_sent", 0) + live_sim.get("events_sent", 0)
-            run.update(self.measured)
-            ev = run.pop("_evaluation")
-            return report.write(self.p.out_dir, run, ev)
-        finally:
-            self.watching = False
-            self.sampling = False
-            self.children.stop_all()
-            if self.watermarks is not None:
-                self.watermarks.close()
-            if not self.p.keep_stack:
-                from devtools.stack import control
+    def _story(self) -> tuple[dict, int]:
+        self.stage("stack up", self._stack_up)
+        self.stage(f"model bucket gs://{self.bucket}", self._create_bucket)
+        self.stage("bridge", self._start_bridge)
+        train_sim = self.stage(f"simulate: training stretch ({self.p.train_profile} fleet, one firmware)",
+                               lambda: self._simulate(self.p.train_duration, self.p.seed, self.p.train_profile))  # fmt: skip
+        trained = self.stage("train v1 (KFP pipeline)", lambda: self._train(train_sim))
+        self.stage("promote v1 to stable", lambda: self._promote(trained))
+        self.v1 = int(trained["version"])
+        self.stage("model server (stable and candidate)", lambda: self._start_server("--poll-interval", str(self.p.poll_s)))
+        self.stage("transformer (shadow, drift watch)", lambda: self._start_scorer(self._lifecycle_env()))
+        self.stage("retrain loop and decider", self._start_loops)
+        self.t0 = time.time()
+        threading.Thread(target=self._watch, daemon=True).start()
+        ota = ("--ota-firmware", str(self.p.ota_firmware), "--ota-start-s", str(self.p.ota_start_s),
+               "--ota-ramp-s", str(self.p.ota_ramp_s), "--ota-share", str(self.p.ota_share))  # fmt: skip
+        live_sim = self.stage(f"simulate: detection stretch, OTA firmware {self.p.ota_firmware} to {self.p.ota_share:.0%} of the fleet",
+                              lambda: self._measured(lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile, *ota)))  # fmt: skip
+        scored = self.stage("drain transformer", self._drain)
+        self.watching = False
+        run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
+        run["lifecycle"] = self.stage("lifecycle figures", self._lifecycle)
+        return run, train_sim.get("events_sent", 0) + live_sim.get("events_sent", 0)
 
-                control.down(self.stack_settings)
+    def _stop_watching(self) -> None:
+        super()._stop_watching()
+        self.watching = False
 
     # -- the processes ---------------------------------------------------------------------------
     def _lifecycle_env(self) -> dict[str, str]:

@@ -84,31 +84,40 @@ class Demo:
     def run(self) -> dict:
         t_start = time.monotonic()
         try:
-            self.stage("stack up", self._stack_up)
-            self.stage("bridge", self._start_bridge)
-            train_sim = self.stage(f"simulate: training stretch ({self.p.train_profile} fleet)",
-                                   lambda: self._simulate(self.p.train_duration, self.p.seed, self.p.train_profile))  # fmt: skip
-            trained = self.stage("train (KFP pipeline)", lambda: self._train(train_sim))
-            self.stage("promote to stable", lambda: self._promote(trained))
-            self.stage("model server", self._start_server)
-            self.stage("transformer", self._start_scorer)
-            live_sim = self.stage(f"simulate: detection stretch ({self.p.profile} fleet)",
-                                  lambda: self._measured(lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile)))  # fmt: skip
-            scored = self.stage("drain transformer", self._drain)
-            run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
+            run, published = self._story()
             run["stages_s"] = {k: round(v, 1) for k, v in self.stages.items()}
             run["wall_time_s"] = round(time.monotonic() - t_start, 1)
-            run["events_published"] = train_sim.get("events_sent", 0) + live_sim.get("events_sent", 0)
+            run["events_published"] = published
             run.update(self.measured)
             ev = run.pop("_evaluation")
             return report.write(self.p.out_dir, run, ev)
         finally:
-            self.sampling = False
+            self._stop_watching()
             self.children.stop_all()
             if self.watermarks is not None:
                 self.watermarks.close()
             if not self.p.keep_stack:
                 control.down(self.stack_settings)
+
+    def _story(self) -> tuple[dict, int]:
+        """The stages; returns what was collected and how many events were published."""
+        self.stage("stack up", self._stack_up)
+        self.stage("bridge", self._start_bridge)
+        train_sim = self.stage(f"simulate: training stretch ({self.p.train_profile} fleet)",
+                               lambda: self._simulate(self.p.train_duration, self.p.seed, self.p.train_profile))  # fmt: skip
+        trained = self.stage("train (KFP pipeline)", lambda: self._train(train_sim))
+        self.stage("promote to stable", lambda: self._promote(trained))
+        self.stage("model server", self._start_server)
+        self.stage("transformer", self._start_scorer)
+        live_sim = self.stage(f"simulate: detection stretch ({self.p.profile} fleet)",
+                              lambda: self._measured(lambda: self._simulate(self.p.duration, self.p.seed + 1, self.p.profile)))  # fmt: skip
+        scored = self.stage("drain transformer", self._drain)
+        run = self.stage("collect and evaluate", lambda: self._collect(trained, live_sim, scored))
+        return run, train_sim.get("events_sent", 0) + live_sim.get("events_sent", 0)
+
+    def _stop_watching(self) -> None:
+        """Stop the threads that sample the run."""
+        self.sampling = False
 
     # -- stages ---------------------------------------------------------------------------------
     def _stack_up(self) -> None:
