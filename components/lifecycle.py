@@ -241,11 +241,15 @@ class Decider:
     def step(self) -> list[Outcome]:
         """Read what is new, then decide on the channels as they are now."""
         before, _ = model_store.read_channels(self.gcs, self.bucket, self.model)
-        self.ingest({str(v) for v in (*before.rejected, *before.previous, before.stable) if v is not None})
+        # The stable's own trial is kept while it is watched: its shadow alert rate is what it should alert at.
+        self.ingest({str(v) for v in (*before.rejected, *before.previous) if v is not None})
         channels, _ = model_store.read_channels(self.gcs, self.bucket, self.model)
         # Read after the batches: a candidate in a batch was on the channels before this read (the server
         # serves only what they name), so a trial that is not the current one now never will be again.
-        self.trials = {k: v for k, v in self.trials.items() if k == (str(channels.stable), str(channels.candidate))}
+        wanted = {(str(channels.stable), str(channels.candidate))}
+        if channels.previous and (channels.stable, channels.previous[-1]) not in self.kept:
+            wanted.add((str(channels.previous[-1]), str(channels.stable)))
+        self.trials = {k: v for k, v in self.trials.items() if k in wanted}
         outcomes = []
         if channels.stable is not None and channels.candidate is not None:
             outcomes.append(self._trial(channels))
@@ -280,7 +284,7 @@ class Decider:
         interval = self._interval_s()
         new = alert_window(self._log(stable), self.rule.watch_car_hours, interval)
         before = alert_window(self._log(previous), self.rule.watch_car_hours, interval, latest=True)
-        watch = self.rule.watch(new, before)
+        watch = self.rule.watch(new, before, self._shadow_rate(previous, stable))
         outcome = Outcome(watch.verdict, self.model, stable, previous, watch.reason, watch=True, figures=watch.as_dict())
         if watch.verdict == KEEP:
             self.kept.add((stable, previous))
@@ -301,6 +305,14 @@ class Decider:
             outcome.applied = False
             outcome.reason = f"another writer changed the channels first: {exc}"
         return outcome
+
+    def _shadow_rate(self, stable: int, candidate: int) -> float | None:
+        """The candidate's alert rate in its trial against ``stable`` (None when no batch of it is left)."""
+        since = max(self._published_ms(stable), self._published_ms(candidate))
+        batches = [b for b in self.trials.get((str(stable), str(candidate)), []) if b.decided_ms >= since]
+        if not batches:
+            return None
+        return measure_trial(shadow_events(batches), self.truth, self.hysteresis)[1].alert_rate
 
     def _log(self, version: int) -> AlertLog:
         return self.alerts.get(str(version), _Alerts()).to_log(since_ms=self._published_ms(version))

@@ -59,8 +59,12 @@ class PromotionRule:
     """The rollback watch: a new stable's first this many car-hours of alerts."""
     rollback_factor: float = 2.0
     rollback_floor: float = 1.0
-    """Roll back when the new stable's alert rate exceeds factor x the previous stable's recent rate
-    (taken as at least the floor)."""
+    """Roll back when the new stable's alert rate exceeds factor x what it was expected to be: the
+    higher of the previous stable's recent rate and its own in the shadow trial that promoted it
+    (taken as at least the floor). A stable that was replaced for alerting on a whole group of cars
+    keeps them alerting, so its recent rate of new alerts falls: measured in `demo --lifecycle`, v1
+    raised 11.5 per 1,000 car-h with 60% of the fleet already alerting, and v2, raising 39.8 as it had
+    in shadow, was rolled back against that alone."""
 
     def __post_init__(self):
         if min(self.min_car_hours, self.watch_car_hours) <= 0 or self.alert_rate_factor < 1 or self.rollback_factor < 1:
@@ -98,13 +102,16 @@ class PromotionRule:
             return Decision(REJECT, stable, candidate, f"{line}: above {self.alert_rate_factor} x stable's")
         return Decision(PROMOTE, stable, candidate, f"not worse on {candidate.car_hours:,.0f} car-hours: {line}")
 
-    def watch(self, new: "AlertWindow", previous: "AlertWindow") -> "Watch":
-        """After a promotion: roll back, keep, or wait for the new stable's first ``watch_car_hours``."""
+    def watch(self, new: "AlertWindow", previous: "AlertWindow", shadow_rate: float | None = None) -> "Watch":
+        """After a promotion: roll back, keep, or wait for the new stable's first ``watch_car_hours``.
+        ``shadow_rate``: its alert rate in the trial that promoted it (None: promoted by hand, or the
+        trial is gone)."""
         if new.car_hours < self.watch_car_hours:
             return Watch(WAIT, new, previous, f"{new.car_hours:,.1f} of {self.watch_car_hours:,.0f} car-hours of alerts")
-        limit = self.rollback_factor * max(previous.rate, self.rollback_floor)
+        limit = self.rollback_factor * max(previous.rate, shadow_rate or 0.0, self.rollback_floor)
         line = (f"{new.rate:.2f} alerts per 1,000 car-hours in its first {new.car_hours:,.0f} car-hours "
-                f"(previous stable {previous.rate:.2f} over its last {previous.car_hours:,.0f})")  # fmt: skip
+                f"(previous stable {previous.rate:.2f} over its last {previous.car_hours:,.0f}"
+                + ("" if shadow_rate is None else f"; {shadow_rate:.2f} in its shadow trial") + ")")  # fmt: skip
         if new.rate > limit:
             return Watch(ROLLBACK, new, previous, f"{line}: above {self.rollback_factor} x")
         return Watch(KEEP, new, previous, line)

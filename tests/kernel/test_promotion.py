@@ -269,3 +269,14 @@ def test_a_new_stable_is_rolled_back_when_its_alert_rate_jumps_above_a_factor_of
     watch = RULE.watch(window(new), window(previous))
     assert watch.verdict == verdict, watch.reason
     assert watch.as_dict()["new"]["rate"] == pytest.approx(new)
+
+
+@pytest.mark.parametrize("new, previous, shadow, verdict", [
+    (40, 11.5, 38, KEEP),      # alerting as it did in shadow: no jump, whatever the previous stable did
+    (80, 11.5, 38, ROLLBACK),  # more than 2 x both
+    (40, 11.5, None, ROLLBACK),  # promoted by hand: only the previous stable's rate to go by
+])  # fmt: skip
+def test_a_new_stable_alerting_as_it_did_in_its_shadow_trial_is_no_jump(new, previous, shadow, verdict):
+    watch = RULE.watch(window(new), window(previous), shadow_rate=shadow)
+    assert watch.verdict == verdict, watch.reason
+    assert ("in its shadow trial" in watch.reason) == (shadow is not None)

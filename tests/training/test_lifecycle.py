@@ -333,6 +333,22 @@ def test_alerts_with_the_new_stables_number_from_before_it_was_published_are_ano
     assert watch["figures"]["new"]["rate"] == pytest.approx(600, rel=0.05)  # a raise every 600 events, its own
 
 
+def test_a_new_stable_alerting_as_it_did_in_its_shadow_trial_is_kept_though_the_stable_it_replaced_alerted_less(life):
+    # The replaced stable had its alerting cars alerting already, so it raised few new alerts (125 per
+    # 1,000 car-h); the candidate raised 400 in shadow, its failing cars' first alerts, and does so again.
+    stable, candidate = start_trial(life, candidate_threshold=1.0)
+    [promotion] = life.decide("--min-car-hours", "40")
+    assert (promotion["action"], promotion["applied"]) == (PROMOTE, True), promotion["reason"]
+    assert promotion["figures"]["candidate"]["alert_rate"] == pytest.approx(400, rel=0.05)
+    now = int(time.time() * 1000)
+    life.produce(life.alerts_topic, alerts_of(stable, 0, 4320, 2880, now) + alerts_of(candidate, 4320, 4320 + 7200, 1200, now + 10_000))
+    [watch] = life.decide("--watch-car-hours", "20")
+    assert (watch["action"], watch["version"]) == (KEEP, candidate), watch["reason"]
+    assert watch["figures"]["new"]["rate"] > 2 * watch["figures"]["previous"]["rate"]  # a jump against the old stable alone
+    assert "in its shadow trial" in watch["reason"]
+    assert life.channels().stable == candidate
+
+
 def test_a_new_stable_is_watched_until_its_first_car_hours_of_alerts_are_in(life):
     first, second = promoted(life, previous_every=720, new_every=72, new_events=720)
     [watch] = life.decide("--watch-car-hours", "20")
