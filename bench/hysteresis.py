@@ -34,13 +34,10 @@ sys.path.insert(0, str(ROOT))
 from components import evaluate, features, models  # noqa: E402
 from components.kafka_dataset import is_eval_car  # noqa: E402
 from devtools.benchmarking import write_result  # noqa: E402
+from devtools.memory_fleet import labelled_fleet  # noqa: E402
 from fleetpulse import evaluation  # noqa: E402
-from fleetpulse.ground_truth import HEALTHY, TruthRecord  # noqa: E402
 from fleetpulse.hysteresis import Rule  # noqa: E402
-from simulator.car_model import car_id, make_blocks  # noqa: E402
-from simulator.failures import plan_failures  # noqa: E402
 
-INTERVAL_S = 10.0
 PACES = {"make demo (250 events per car)": 250, "original scenario (30 events per car)": 30}
 RULES = {
     "default: 3 of 10, clear after 5": Rule(10, 3, 6, 5),
@@ -49,20 +46,6 @@ RULES = {
     "every reading over threshold: 1 of 10, clear after 5": Rule(10, 1, 6, 5),
     "3 of 10, clear after 2": Rule(10, 3, 6, 2),
 }
-
-
-def fleet(cars: int, events: int, seed: int, failures: float = 0.05):
-    """(values, keys, labels) of a default fleet stepped in memory, labelled as the simulator's ground truth says."""
-    plan = plan_failures(cars, events, failures, seed)
-    blocks = make_blocks(cars, seed, plan, INTERVAL_S)
-    values = np.concatenate([b.step().values.astype(np.float32) for _ in range(events) for b in blocks])
-    ids = [car_id(i) for i in range(cars)]
-    keys = np.array([c.encode() for c in ids] * events, dtype=object)
-    ts = np.repeat(np.arange(events, dtype=np.int64) * int(INTERVAL_S * 1000), cars)
-    truth = [TruthRecord(c, HEALTHY, 0, 0.0, 0, INTERVAL_S) for c in ids]
-    truth += [TruthRecord(ids[c], plan.mode_name(c), int(plan.onset_seq[c] * INTERVAL_S * 1000), 1.0, int(plan.onset_seq[c]), INTERVAL_S)
-              for c in np.flatnonzero(plan.mode).tolist()]  # fmt: skip
-    return values, keys, evaluation.label(keys, ts, truth)
 
 
 def figures(flags: np.ndarray, labels, rule: Rule) -> dict:
@@ -83,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.cars = 500
-    values, keys, labels = fleet(args.cars, 150, seed=42)
+    values, keys, labels = labelled_fleet("default", args.cars, 150, seed=42)
     held = is_eval_car(keys, 0.3)
     model = models.build_autoencoder(*features.robust_stats(values[~held]))
     models.fit(model, values[~held], epochs=0)
@@ -92,7 +75,7 @@ def main() -> None:
     result: dict = {"cars": args.cars, "threshold": float(threshold), "paces": {}}
     table = []
     for pace, events in PACES.items():
-        v, k, lab = fleet(args.cars, events, seed=43)
+        v, k, lab = labelled_fleet("default", args.cars, events, seed=43)
         flags = models.score(model, v, rscale) > threshold
         rows = {name: figures(flags, lab, rule) for name, rule in RULES.items()}
         result["paces"][pace] = rows

@@ -194,6 +194,7 @@ class Decider:
         self._alert_keys: set[tuple] = set()
         self.kept: set[tuple[int, int]] = set()  # (stable, previous) whose watch ended in a keep
         self._published: dict[int, int] = {}  # version -> published_at (ms)
+        self._shadow_rates: dict[tuple[int, int, int], float] = {}  # (stable, candidate, batches) -> its shadow alert rate
         self.undecodable = 0
 
     # ---- reading ----------------------------------------------------------------------------
@@ -307,12 +308,17 @@ class Decider:
         return outcome
 
     def _shadow_rate(self, stable: int, candidate: int) -> float | None:
-        """The candidate's alert rate in its trial against ``stable`` (None when no batch of it is left)."""
+        """The candidate's alert rate in its trial against ``stable`` (None when no batch of it is left).
+        Measured once per trial size: the watch asks every interval, and the trial stops growing once
+        the candidate is promoted."""
         since = max(self._published_ms(stable), self._published_ms(candidate))
         batches = [b for b in self.trials.get((str(stable), str(candidate)), []) if b.decided_ms >= since]
         if not batches:
             return None
-        return measure_trial(shadow_events(batches), self.truth, self.hysteresis)[1].alert_rate
+        key = (stable, candidate, len(batches))
+        if key not in self._shadow_rates:
+            self._shadow_rates[key] = measure_trial(shadow_events(batches), self.truth, self.hysteresis)[1].alert_rate
+        return self._shadow_rates[key]
 
     def _log(self, version: int) -> AlertLog:
         return self.alerts.get(str(version), _Alerts()).to_log(since_ms=self._published_ms(version))

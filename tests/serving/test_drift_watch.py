@@ -48,13 +48,18 @@ def watch(kafka: KafkaConnection, topic: str, refs: dict, clock: Clock) -> tuple
                       cooldown_s=3600, clock=clock), producer
 
 
-def test_an_ota_rollout_raises_the_firmware_gauge_and_requests_one_retrain_while_an_unchanged_fleet_does_not(kafka, unique):
+def requests_topic(kafka: KafkaConnection, unique: str) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     topic = f"model-requests-{unique}"
     admin = AdminClient(kafka_config(kafka))
     for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
         f.result()
+    return topic
+
+
+def test_an_ota_rollout_raises_the_firmware_gauge_and_requests_one_retrain_while_an_unchanged_fleet_does_not(kafka, unique):
+    topic = requests_topic(kafka, unique)
     rng = np.random.default_rng(0)
     clock = Clock()
     w, producer = watch(kafka, topic, {"1": reference(fleet(20_000, rng), NAMES)}, clock)
@@ -87,12 +92,7 @@ def test_a_version_without_a_reference_turns_drift_off_and_scoring_goes_on(kafka
 
 
 def test_drift_on_a_feature_the_model_does_not_read_as_it_is_is_exported_but_requests_no_retrain(kafka, unique):
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    topic = f"model-requests-{unique}"
-    admin = AdminClient(kafka_config(kafka))
-    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
-        f.result()
+    topic = requests_topic(kafka, unique)
     rng = np.random.default_rng(3)
     clock = Clock()
     # How the fleet is driven (speed) moves; the model only reads firmware as it is.
