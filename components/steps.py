@@ -20,6 +20,7 @@ import numpy as np
 
 from components import features, models
 from components.evaluate import ZScoreBaseline, calibration_half, evaluate_scores
+from components.gate import QualityGate
 from components.kafka_dataset import (
     Window,
     WindowError,
@@ -38,7 +39,7 @@ Progress = Callable[[str], None]
 
 
 class QualityGateFailed(FleetPulseError):
-    """The evaluated model is below the F1 floor; it is kept as a rejected version, never served."""
+    """The evaluated model did not pass its gate (components.gate); it is kept as a rejected version, never served."""
 
 
 @dataclass
@@ -132,11 +133,12 @@ def evaluate_step(model_dir: Path, train_info: dict, out_dir: Path, truth_topic:
                   progress: Progress = _quiet) -> dict:
     """Score held-out events, calibrate the threshold on labels, write out_dir/model with it set.
 
-    The metrics say whether the alert F1 (under the serving hysteresis: what the transformer raises)
-    reached ``min_f1`` (``gate``); a model below it is still returned, so that publish keeps it as a
-    rejected version and gate_step then fails the run. Alert F1, not per-reading F1: the threshold is
-    set low enough that single healthy readings cross it now and then (the hysteresis absorbs them),
-    so per-reading precision no longer says what users get.
+    The metrics say whether the model passed its gate (components.gate: the alert F1 under the
+    serving hysteresis, what the transformer raises, against ``min_f1`` when there are failures
+    enough to judge it; false alerts otherwise). A model that failed is still returned, so that
+    publish keeps it as a rejected version and gate_step then fails the run. Alert F1, not
+    per-reading F1: the threshold is set low enough that single healthy readings cross it now and
+    then (the hysteresis absorbs them), so per-reading precision no longer says what users get.
     """
     bootstrap = train_info["kafka"]["bootstrap"]
     if eval_from_ts is not None or eval_to_ts is not None:
@@ -161,8 +163,7 @@ def evaluate_step(model_dir: Path, train_info: dict, out_dir: Path, truth_topic:
     threshold, metrics = evaluate_scores(scores, baseline, keys, lab)
     metrics["undecodable"] = train_info["undecodable"] + recs.undecodable
     metrics["eval_window"] = window.to_json()
-    alert_f1 = float(metrics["hysteresis"]["f1"])
-    metrics["gate"] = {"metric": "alert_f1", "min": min_f1, "value": alert_f1, "passed": bool(alert_f1 >= min_f1)}
+    metrics["gate"] = QualityGate(min_f1).judge(metrics["hysteresis"])
     # The same events the figures describe: evaluate_scores reports on the half it did not calibrate on.
     report = ~calibration_half(keys) if metrics["calibrated_on"] == "half" else np.ones(len(keys), bool)
     metrics["roc"] = roc_curve(scores[report], lab.failing[report], threshold)
@@ -170,7 +171,7 @@ def evaluate_step(model_dir: Path, train_info: dict, out_dir: Path, truth_topic:
     (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     progress(f"evaluate: F1 {metrics['f1']:.3f} precision {metrics['precision']:.3f} recall {metrics['recall']:.3f} "
              f"threshold {threshold:.4g} (baseline robust-z F1 {metrics['baseline_robust_z']['f1']:.3f}); "
-             f"gate alert F1 {metrics['gate']['value']:.3f} >= {min_f1}: {'passed' if metrics['gate']['passed'] else 'FAILED'}")
+             f"gate {'passed' if metrics['gate']['passed'] else 'FAILED'}: {metrics['gate']['reason']}")
     return metrics
 
 
@@ -233,7 +234,7 @@ def review_markdown(model: str, metrics: dict) -> str:
     lines = [
         f"# {model}: evaluation, gate {verdict}",
         "",
-        f"**Gate**: {'alert F1 (serving hysteresis)' if gate['metric'] == 'alert_f1' else 'per-reading F1'} {gate['value']:.3f} {'>=' if gate['passed'] else '<'} {gate['min']:g}: **{verdict}**; {fate}.",
+        f"**Gate {verdict}**: {gate['reason']} (alert F1 under the serving hysteresis); {fate}.",
         "",
         "| | per reading | as alerts (serving hysteresis) | robust z-score baseline |",
         "|---|---|---|---|",
@@ -303,7 +304,7 @@ def publish_step(model_dir: Path, train_info: dict, metrics: dict, bucket: str, 
 
     meta = model_metadata(train_info, metrics)
     gate = metrics["gate"]
-    rejected = None if gate["passed"] else f"alert F1 {gate['value']:.3f} below the gate {gate['min']:g}"
+    rejected = None if gate["passed"] else gate["reason"]
     version, channel = publish(Path(model_dir), meta["model"], meta, bucket, gcs_endpoint, rejected=rejected)
     progress(f"publish: {version.uri} ({channel})")
     return {"model_uri": version.uri, "version": version.version, "model": meta["model"], "channel": channel}
@@ -313,5 +314,4 @@ def gate_step(result: dict) -> None:
     """Fail the run whose model fell below its floor; publish has already kept it, rejected."""
     gate = result["metrics"]["gate"]
     if not gate["passed"]:
-        raise QualityGateFailed(f"alert F1 {gate['value']:.3f} is below the floor --min-f1 {gate['min']}; "
-                                f"kept as rejected version {result['version']} of {result['model']}, never served")
+        raise QualityGateFailed(f"{gate['reason']}; kept as rejected version {result['version']} of {result['model']}, never served")

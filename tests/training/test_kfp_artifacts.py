@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from components import steps
+from components.gate import QualityGate
 from components.evaluate import evaluate_scores
 from devtools.stack import access
 from fleetpulse import model_store
 from fleetpulse.clients import gcs_client
 from fleetpulse.evaluation import Labels
+from tests.training.conftest import _fleet_topics
 
 FP = str(Path(sys.executable).with_name("fleetpulse"))
 MIN_F1 = 0.5
@@ -49,7 +51,10 @@ class KfpRun:
 
 
 @pytest.fixture(scope="module")
-def kfp_run(fleet_topics, gcs_endpoint, tmp_path_factory) -> KfpRun:
+def kfp_run(kafka, gcs_endpoint, tmp_path_factory) -> KfpRun:
+    # The simulator's cars as in fleet_topics, with a fifth of them failing: enough failures held out
+    # for the gate to judge alert F1 (components.gate), as on a real training window.
+    fleet_topics = _fleet_topics(kafka, simulated=True, n_cars=400, n_events=60, failures=0.2, seed=11)
     bucket = f"fp-kfp-{uuid.uuid4().hex[:10]}"
     gcs_client(gcs_endpoint).create_bucket(bucket)
     root = tmp_path_factory.mktemp("kfp-root")
@@ -109,7 +114,9 @@ def test_summary_names_the_gate_result_alert_figures_and_recall_per_mode(kfp_run
     figures = kfp_run.evaluated()
     summary = (kfp_run.task("evaluate") / "summary").read_text()
     assert summary.startswith("# car-anomaly-lstm: evaluation, gate passed")
-    assert f"alert F1 (serving hysteresis) {figures['hysteresis']['f1']:.3f} >= {MIN_F1:g}: **passed**" in summary
+    gate = figures["gate"]
+    assert gate["judged"] == "alert_f1" and gate["failures"] >= gate["min_failures"]
+    assert f"**Gate passed**: alert F1 {figures['hysteresis']['f1']:.3f} on {gate['failures']} failures reaches the floor --min-f1 {MIN_F1:g}" in summary
     assert f"**{figures['hysteresis']['f1']:.3f}**" in summary
     assert f"**{figures['hysteresis']['false_alerts_per_1000_car_hours']:.2f}**" in summary
     assert figures["per_mode"]
@@ -138,8 +145,8 @@ def test_roc_ignores_nan_scores_and_keeps_ties_to_one_point():
 
 def test_summary_of_a_model_below_its_gate_says_it_is_kept_rejected_and_never_serves():
     metrics = _evaluated()
-    metrics["gate"] = {"metric": "alert_f1", "min": 0.999, "value": 0.9, "passed": False}
+    metrics["gate"] = QualityGate(0.999).judge({**metrics["hysteresis"], "f1": 0.9, "failures_detected": 12, "failures_missed": 0})
     summary = steps.review_markdown("car-anomaly", metrics)
     assert summary.startswith("# car-anomaly: evaluation, gate FAILED")
-    assert "alert F1 (serving hysteresis) 0.900 < 0.999: **FAILED**" in summary and "rejected version" in summary and "never serves" in summary
+    assert "**Gate FAILED**: alert F1 0.900 on 12 failures is below the floor --min-f1 0.999" in summary and "rejected version" in summary and "never serves" in summary
     assert "| overheating |" in summary

@@ -72,19 +72,37 @@ def test_quality_gate_keeps_a_model_below_min_f1_as_rejected_and_fails_the_run(m
     from components.pipeline_local import run
     from components.settings import TrainSettings
 
-    ft = make_fleet_topics(n_cars=20, n_events=60)
+    ft = make_fleet_topics(n_cars=200, n_events=60)  # half of the cars fail: enough failures held out to judge F1
     settings = TrainSettings(kafka_bootstrap_servers=ft.kafka.bootstrap_servers, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
     params = steps.TrainParams(ft.kafka.bootstrap_servers, ft.topic, models.AUTOENCODER, epochs=1)
-    with pytest.raises(steps.QualityGateFailed, match="below the floor --min-f1 1.0.*; kept as rejected version 1 of car-anomaly"):
+    with pytest.raises(steps.QualityGateFailed, match=r"alert F1 \S+ on \d+ failures is below the floor --min-f1 1; kept as rejected version 1 of car-anomaly"):
         run(settings, params, ft.truth_topic, min_f1=1.0 + 1e-9, work_dir=tmp_path)
     assert (tmp_path / "evaluate" / "metrics.json").exists()
 
     client = gcs_client(gcs_endpoint)
     [entry] = model_store.catalog(client, model_bucket, "car-anomaly")
-    assert entry.channel == model_store.REJECTED and entry.reason.startswith("alert F1 ")
-    assert entry.metadata["metrics"]["gate"] == {"metric": "alert_f1", "min": 1.0 + 1e-9,
-                                                "value": entry.metadata["metrics"]["hysteresis"]["f1"], "passed": False}
+    gate = entry.metadata["metrics"]["gate"]
+    assert entry.channel == model_store.REJECTED and entry.reason == gate["reason"]
+    assert gate["judged"] == "alert_f1" and gate["failures"] >= gate["min_failures"] and gate["passed"] is False
+    assert gate["value"] == entry.metadata["metrics"]["hysteresis"]["f1"] < 1.0 + 1e-9 == gate["min"]
     assert model_store.latest_version(client, model_bucket, "car-anomaly") is None
+
+
+def test_a_floor_is_not_judged_on_too_few_failures_the_gate_judges_false_alerts_and_says_so(make_fleet_topics, model_bucket,
+                                                                                            gcs_endpoint, tmp_path):
+    from components.pipeline_local import run
+    from components.settings import TrainSettings
+
+    ft = make_fleet_topics(n_cars=20, n_events=60)  # a handful of failing cars, fewer held out than the gate needs
+    settings = TrainSettings(kafka_bootstrap_servers=ft.kafka.bootstrap_servers, gcs_endpoint=gcs_endpoint, bucket=model_bucket)
+    params = steps.TrainParams(ft.kafka.bootstrap_servers, ft.topic, models.AUTOENCODER, epochs=1)
+    result = run(settings, params, ft.truth_topic, min_f1=1.0 + 1e-9, work_dir=tmp_path)
+
+    gate = result["metrics"]["gate"]
+    assert gate["judged"] == "false_alerts" and gate["failures"] < gate["min_failures"] and gate["passed"] is True
+    assert gate["false_alerts"] < gate["false_alert_limit"]
+    assert gate["reason"].startswith(f"alert F1 not judged on {gate['failures']} failures (fewer than 10)")
+    assert result["channel"] == model_store.STABLE  # the model's first version, and nothing showed it is worse
 
 
 def test_unreachable_gcs_fails_clearly_and_publishes_nothing(tmp_path, unique):
