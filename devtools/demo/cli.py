@@ -84,6 +84,8 @@ def lifecycle_tables(life: dict) -> list[Table]:
 @click.option("--sample-interval", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Simulated seconds per event.")
 @click.option("--failures", default=0.05, show_default=True, type=click.FloatRange(0, 1), help="Fraction of cars that develop a failure.")
 @click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--qos", default="1", show_default=True, type=click.Choice(["0", "1"]),
+              help="MQTT QoS the cars publish at: 1 (acknowledged, the production setting) or 0.")
 @click.option("--train-profile", default="default", show_default=True, type=click.Choice(PROFILE_NAMES),
               help="Fleet profile the model trains on (simulator/profiles.py).")
 @click.option("--profile", default="default", show_default=True, type=click.Choice(PROFILE_NAMES),
@@ -98,7 +100,7 @@ def lifecycle_tables(life: dict) -> list[Table]:
               help="The model lifecycle instead: an OTA firmware rollout, drift, a retrain, the candidate in shadow, the promotion "
                    "decision (reports/lifecycle/; --duration defaults to 240).")
 def demo(cars, rate, duration, train_duration, sample_interval, failures, seed, train_profile, profile, model, epochs, min_f1, out_dir, keep_stack,
-         as_json, lifecycle) -> None:
+         as_json, lifecycle, qos) -> None:
     """Run the whole story on the local stack and write reports/demo/summary.json and report.html.
 
     The model trains on a first stretch of the stream; detection is measured on a later stretch it
@@ -118,7 +120,7 @@ def demo(cars, rate, duration, train_duration, sample_interval, failures, seed, 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     given = {name: value for name, value in dict(
         cars=cars, rate=rate, duration=duration, train_duration=train_duration, sample_interval=sample_interval, failures=failures,
-        seed=seed, train_profile=train_profile, profile=profile, model=model, epochs=epochs, min_f1=min_f1, out_dir=out_dir, keep_stack=keep_stack,
+        seed=seed, qos=int(qos), train_profile=train_profile, profile=profile, model=model, epochs=epochs, min_f1=min_f1, out_dir=out_dir, keep_stack=keep_stack,
     ).items() if not lifecycle or ctx.get_parameter_source(name) != ParameterSource.DEFAULT or name in ("keep_stack", "min_f1")}  # fmt: skip
     try:
         if lifecycle:

@@ -78,6 +78,9 @@ def summary_dict(run: dict, ev: Quality) -> dict:
         "cars": run["cars"],
         "events": ev.events,
         "events_published": run.get("events_published"),
+        # The detection stretch's events the simulator sent (at QoS 1: that the broker acknowledged)
+        # against ``events``, what reached sensor-data: lost = sent - events, when positive.
+        "events_sent": run.get("events_sent"),
         "alerts": run["alerts"],
         "twins": run["twins"],
         "f1": round(c.f1, 4),

@@ -37,6 +37,7 @@ class DemoParams:
     sample_interval: float = 10.0  # simulated seconds per event (the original's 1 message / 10 s)
     failures: float = 0.05
     seed: int = 42
+    qos: int = 1  # what the cars publish at
     train_profile: str = "default"  # the fleet the model trains on (simulator/profiles.py)
     profile: str = "default"  # the fleet detection is measured on
     model: str = "autoencoder"
@@ -170,7 +171,7 @@ class Demo:
         summary = self.children.run_json(
             f"simulate-{seed}",
             "simulate", "--cars", str(self.p.cars), "--rate", str(self.p.rate), "--duration", str(duration), "--seed", str(seed),
-            "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", "1",
+            "--failures", str(self.p.failures), "--sample-interval", str(self.p.sample_interval), "--qos", str(self.p.qos),
             "--connections", str(SIMULATOR_CONNECTIONS), "--profile", profile, "--json", *extra, env=self._simulator_env(),
         )  # fmt: skip
         self._wait_bridge_idle()
@@ -359,6 +360,7 @@ class Demo:
         metrics = trained.get("metrics", {})
         return {
             "cars": len(cars),
+            "events_sent": live_sim.get("events_sent"),
             "alerts": len(alerts),
             "twins": twins,
             "latencies_ms": latencies,
