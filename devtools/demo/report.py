@@ -112,7 +112,8 @@ def summary_dict(run: dict, ev: Quality) -> dict:
         # process but the simulator, per process; twins' age p99; stream end -> every twin durable.
         "cpu_share": run.get("cpu_share"),
         "cpu": run.get("cpu"),
-        "twin_freshness_p99_s": run.get("twin_freshness_p99_s"),
+        "twin_freshness_p99_s": run.get("twin_freshness_p99_s"),  # over 200 sampled cars, every 10 s
+        "twin_freshness_missing": run.get("twin_freshness_missing"),  # samples of a car that had no twin yet
         "drain_s": run.get("drain_s"),
         "scored_all_s": run.get("scored_all_s"),
         **({"lifecycle": run["lifecycle"]} if "lifecycle" in run else {}),
