@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # before bench/, whose simulator.py would shadow the simulator package
 
-from devtools.benchmarking import write_result  # noqa: E402
+from devtools.benchmarking import RESULTS_DIR, write_result  # noqa: E402
 from devtools.stack.process import free_port  # noqa: E402
 
 FP = str(Path(sys.executable).with_name("fleetpulse"))
@@ -107,37 +107,58 @@ def figures(s: dict) -> dict:
     }  # fmt: skip
 
 
-TARGETS = {
-    # figure: (unit, target text, the scenarios it is a target for)
-    "cpu_share": ("share of the box", "< 0.5", {"original"}),
-    "twin_freshness_p99_s": ("s", "<= 65 (twin interval + 5 s)", {"original"}),
-    "drain_s": ("s", "< 10", {"original"}),
-    "p99_latency_ms": ("ms", "< 250", {"original", "live"}),
-    "events_per_s": ("ev/s", ">= 50,000", {"live"}),
-    "lost": ("events", "0", {"original", "live"}),
+METRICS = {
+    # figure: (unit, {scenario: target})
+    "cpu_share": ("share of the box", {"original": "< 0.5"}),
+    "twin_freshness_p99_s": ("s", {"original": "<= 65 (twin interval + 5 s)"}),
+    "drain_s": ("s", {"original": "< 10"}),
+    "p99_latency_ms": ("ms", {"original": "< 250", "live": "< 250"}),
+    "events_per_s": ("ev/s", {"live": ">= 50,000"}),
+    "lost": ("events", {"original": "0", "live": "0"}),
 }
 
 
+TWIN_STORE = "twin store (FerretDB, and PostgreSQL under it)"
+
+
+def by_process(cpu: dict) -> dict[str, float]:
+    """CPU seconds per process, FerretDB and the PostgreSQL it may run on as one: the twin store."""
+    out = dict(cpu.get("cpu_s") or {})
+    if "mongodb" in out:
+        out[TWIN_STORE] = out.pop("mongodb") + out.pop("postgresql", 0.0)
+    return out
+
+
 def table(results: dict) -> list[dict]:
+    """Rows for the scenarios compared with a baseline, the baseline's figure beside each; the box's CPU
+    per process (every server and FleetPulse process but the simulator) after them."""
     rows = []
-    for name, r in results.items():
+    for scenario in (s for s in SCENARIOS if s.baseline and s.name in results):
+        r, base = results[scenario.name], results.get(scenario.baseline, {})
         if "failed" in r:
-            rows.append({"metric": f"{name}: the demo failed", "value": r["failed"], "unit": "exit code", "baseline": None,
+            rows.append({"metric": f"{scenario.name}: the demo failed", "value": r["failed"], "unit": "exit code", "baseline": None,
                          "ratio": None, "target": None})  # fmt: skip
             continue
-        scenario = next(s for s in SCENARIOS if s.name == name)
-        base = results.get(scenario.baseline or "", {})
-        for metric, (unit, target, where) in TARGETS.items():
+        has_base = bool(base) and "failed" not in base
+        for metric, (unit, targets) in METRICS.items():
             value = r.get(metric)
-            relevant = name in where or any(s.baseline == name and s.name in where for s in SCENARIOS)
-            if value is None or not relevant:
+            if value is None:
                 continue
-            b = base.get(metric) if "failed" not in base else None
-            vs = f" [vs {scenario.baseline}]" if b is not None else ""
-            rows.append({"metric": f"{name}{vs}: {metric}", "value": value, "unit": unit, "baseline": b,
-                         "ratio": round(value / b, 2) if b else None, "target": target if name in where else None})  # fmt: skip
-        rows.append({"metric": f"{name}: twins / cars", "value": r["twins"], "unit": "twins", "baseline": None, "ratio": None,
+            b = base.get(metric) if has_base else None
+            rows.append({"metric": f"{scenario.name}: {metric}" + (f" [vs {scenario.baseline}]" if has_base else ""),
+                         "value": round(value, 3) if isinstance(value, float) else value, "unit": unit,
+                         "baseline": round(b, 3) if isinstance(b, float) else b, "ratio": round(value / b, 2) if b else None,
+                         "target": targets.get(scenario.name)})  # fmt: skip
+        rows.append({"metric": f"{scenario.name}: twins / cars", "value": r["twins"], "unit": "twins", "baseline": None, "ratio": None,
                      "target": f"{r['cars']:,}"})  # fmt: skip
+        cpu, base_cpu = r.get("cpu") or {}, (base.get("cpu") or {}) if has_base else {}
+        for proc, seconds in sorted(by_process(cpu).items(), key=lambda kv: -kv[1]):
+            share = seconds / (cpu["wall_s"] * cpu["cores"])
+            b = by_process(base_cpu).get(proc)
+            b_share = b / (base_cpu["wall_s"] * base_cpu["cores"]) if b is not None else None
+            rows.append({"metric": f"{scenario.name}: CPU share, {proc}", "value": round(share, 3), "unit": "share of the box",
+                         "baseline": None if b_share is None else round(b_share, 3),
+                         "ratio": round(share / b_share, 2) if b_share else None, "target": None})  # fmt: skip
     return rows
 
 
@@ -145,7 +166,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="leave out original-postgresql (the twin store's baseline, 10 min)")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument("--table-only", action="store_true", help="rebuild the table of bench/results/scale.json from its scenarios")
     a = ap.parse_args()
+    if a.table_only:
+        results = json.loads((RESULTS_DIR / "scale.json").read_text())["scenarios"]
+        print(f"wrote {write_result('scale', {'scenarios': results}, table(results))}", file=sys.stderr)
+        return
     wanted = [s for s in SCENARIOS if (not a.only or s.name in a.only.split(",")) and not (a.quick and s.name == "original-postgresql")]
     out_root = ROOT / "reports" / "scale"
     out_root.mkdir(parents=True, exist_ok=True)
