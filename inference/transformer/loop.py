@@ -259,16 +259,17 @@ class Transformer:
                 self._follow_new_version()
             self._torn = True
             self.threshold, self.model_version = result.threshold, result.model_version
-            if self.shadow is not None:
-                self.shadow.settle(chunk.shadow, chunk.events, result.score, result.anomaly, result.model_version, result.threshold)
-            if self.drift is not None:
-                self.drift.add(chunk.events.rows, result.model_version)
             events, score, over = chunk.events, result.score, result.anomaly
             finite = np.isfinite(score)
             if not finite.all():
                 self._dead_letter_scores(events[~finite], result.model_version)
                 events, score, over = events[finite], score[finite], over[finite]
             self._apply_scores(events, score, over)
+            # After the stable alerts are produced: shadow pairing and drift are off the alert path.
+            if self.shadow is not None:
+                self.shadow.settle(chunk.shadow, chunk.events, result.score, result.anomaly, result.model_version, result.threshold)
+            if self.drift is not None:
+                self.drift.add(chunk.events.rows, result.model_version)
             self._torn = False
         self.ledger.batch_done(chunk.done)
 
