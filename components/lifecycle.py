@@ -194,7 +194,7 @@ class Decider:
         self._alert_keys: set[tuple] = set()
         self.kept: set[tuple[int, int]] = set()  # (stable, previous) whose watch ended in a keep
         self._published: dict[int, int] = {}  # version -> published_at (ms)
-        self._shadow_rates: dict[tuple[int, int, int], float] = {}  # (stable, candidate, batches) -> its shadow alert rate
+        self._shadow_rates: dict[tuple[int, int], tuple[int, float]] = {}  # (stable, candidate) -> (batches, its shadow alert rate)
         self.undecodable = 0
 
     # ---- reading ----------------------------------------------------------------------------
@@ -315,10 +315,10 @@ class Decider:
         batches = [b for b in self.trials.get((str(stable), str(candidate)), []) if b.decided_ms >= since]
         if not batches:
             return None
-        key = (stable, candidate, len(batches))
-        if key not in self._shadow_rates:
-            self._shadow_rates[key] = measure_trial(shadow_events(batches), self.truth, self.hysteresis)[1].alert_rate
-        return self._shadow_rates[key]
+        cached = self._shadow_rates.get((stable, candidate))
+        if cached is None or cached[0] != len(batches):
+            cached = self._shadow_rates[(stable, candidate)] = (len(batches), measure_trial(shadow_events(batches), self.truth, self.hysteresis)[1].alert_rate)
+        return cached[1]
 
     def _log(self, version: int) -> AlertLog:
         return self.alerts.get(str(version), _Alerts()).to_log(since_ms=self._published_ms(version))

@@ -234,7 +234,7 @@ def review_markdown(model: str, metrics: dict) -> str:
     lines = [
         f"# {model}: evaluation, gate {verdict}",
         "",
-        f"**Gate {verdict}**: {gate['reason']} (alert F1 under the serving hysteresis); {fate}.",
+        f"**Gate {verdict}**: {gate['reason']} (alert figures, under the serving hysteresis); {fate}.",
         "",
         "| | per reading | as alerts (serving hysteresis) | robust z-score baseline |",
         "|---|---|---|---|",

@@ -24,10 +24,10 @@ from devtools.stack.settings import StackSettings
 from fleetpulse.topics import ALERTS, GROUND_TRUTH, SENSOR_DATA
 
 SIMULATOR_CONNECTIONS = 4
-TWIN_SAMPLE = 200
-"""Cars whose twin age is sampled (every 10 s); 200 x 30 samples in a 5-minute stretch for the p99."""
 """MQTT connections the simulator opens: fewer than the cars, so it publishes as the fleet gateway
 (identity ``simulator``); with no more cars than this, each car connects, and logs in, as itself."""
+TWIN_SAMPLE = 200
+"""Cars whose twin age is sampled (every 10 s); 200 x 30 samples in a 5-minute stretch for the p99."""
 
 
 @dataclass
@@ -273,9 +273,9 @@ class Demo:
         pids.update({name: proc.pid for name, proc in self.children.procs.items() if proc.poll() is None})
         meter = CpuMeter(pids)
         ages: list[np.ndarray] = []
-        self.twins_missing_in_samples = 0  # sampled cars that had no twin yet
+        missing: list[int] = []  # per sample, the sampled cars that had no twin yet
         done = threading.Event()
-        sampler = threading.Thread(target=self._sample_twin_ages, args=(ages, done), daemon=True)
+        sampler = threading.Thread(target=self._sample_twin_ages, args=(ages, missing, done), daemon=True)
         meter.start()
         sampler.start()
         try:
@@ -287,9 +287,9 @@ class Demo:
             all_ages = np.concatenate(ages) if ages else np.zeros(0)
             self.measured = {"cpu_share": cpu["cpu_share"], "cpu": cpu,
                              "twin_freshness_p99_s": round(float(np.percentile(all_ages, 99)), 1) if len(all_ages) else None,
-                             "twin_freshness_samples": len(ages), "twin_freshness_missing": self.twins_missing_in_samples}  # fmt: skip
+                             "twin_freshness_samples": len(ages), "twin_freshness_missing": sum(missing)}  # fmt: skip
 
-    def _sample_twin_ages(self, ages: list, done: threading.Event, every_s: float = 10.0) -> None:
+    def _sample_twin_ages(self, ages: list, missing: list, done: threading.Event, every_s: float = 10.0) -> None:
         """Every ``every_s``, for a fixed random sample of TWIN_SAMPLE cars: each twin's age, now minus
         the Kafka time of the newest event it holds (the car's own gap between events included).
 
@@ -308,7 +308,7 @@ class Demo:
             while not done.wait(every_s):
                 now = time.time() * 1000
                 docs = [coll.find_one({"_id": c}, {"last_seen_ms": 1}) for c in cars]
-                self.twins_missing_in_samples += sum(d is None for d in docs)
+                missing.append(sum(d is None for d in docs))
                 ages.append((now - np.array([d.get("last_seen_ms", 0) for d in docs if d is not None], np.float64)) / 1000)
         except Exception as exc:  # noqa: BLE001 - a lost sample leaves the figure to the others
             self.console.print(f"  twin freshness sampling stopped: {type(exc).__name__}: {exc}", style="dim")

@@ -57,24 +57,11 @@ def simulated_fleet(n_cars: int, n_events: int, failures: float, seed: int, inte
     """The simulator's car model, stepped in memory; Kafka timestamps and truth on one clock, as it publishes."""
     import time
 
-    import numpy as np
+    from devtools.memory_fleet import stepped_fleet
 
-    from fleetpulse.ground_truth import FAILURE_MODES, HEALTHY, TruthRecord
-    from simulator.car_model import car_id, make_blocks
-    from simulator.failures import plan_failures
-
-    plan = plan_failures(n_cars, n_events, failures, seed)
-    blocks = make_blocks(n_cars, seed, plan, interval_s)
-    interval_ms = int(interval_s * 1000)
-    t0 = int(time.time() * 1000) - n_events * interval_ms
-    values = np.concatenate([b.step().values for _ in range(n_events) for b in blocks]).astype(np.float32)
-    ids = [car_id(i) for i in range(n_cars)]
-    truth = [TruthRecord(c, HEALTHY, t0, 0.0, 0, interval_s) for c in ids]
-    for car in np.flatnonzero(plan.mode).tolist():
-        onset = int(plan.onset_seq[car])
-        truth.append(TruthRecord(ids[car], FAILURE_MODES[plan.mode[car] - 1], t0 + onset * interval_ms, 1.0, onset, interval_s))
-    ts = t0 + np.repeat(np.arange(n_events, dtype=np.int64) * interval_ms, n_cars)
-    return Fleet(values, ids * n_events, ts, truth, interval_s)
+    t0 = int(time.time() * 1000) - n_events * int(interval_s * 1000)
+    f = stepped_fleet(n_cars, n_events, failures, seed, interval_s=interval_s, t0_ms=t0)
+    return Fleet(f.values, f.ids * n_events, f.ts_ms, f.truth, interval_s)
 
 
 def _fleet_topics(kafka: KafkaConnection, simulated: bool = False, **kwargs) -> FleetTopics:
