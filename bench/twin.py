@@ -31,6 +31,9 @@ postgres.FERRETDB_POOL = 200, measured: 199 passes, 200 hangs). So chunks of 90 
 PostgreSQL only.
 
 Writes bench/results/twin.json; every ratio is PostgreSQL / SQLite for the same measure at the same size.
+``--tuning`` runs the stack's SQLite configuration against SQLite untuned instead (FerretDB's fsync per
+commit and Go's GOGC 100: StackSettings.mongodb_sqlite_synchronous, mongodb_gogc) and writes
+bench/results/twin-tuning.json, ratios tuned / untuned.
 """
 
 from __future__ import annotations
@@ -62,14 +65,19 @@ from inference.transformer.twin_store import BULK_CHUNK, as_set_fields  # noqa: 
 
 CHUNKS = {"sqlite": [BULK_CHUNK, 90], "postgresql": [BULK_CHUNK, 90, 180]}
 BACKENDS = list(CHUNKS)
+# A configuration: (backend, StackSettings overrides). "sqlite" and "postgresql" are the stack's defaults;
+# "sqlite-untuned" is SQLite as FerretDB and Go leave it (fsync per commit, GOGC 100), the baseline of
+# --tuning.
+CONFIGS = {"sqlite": ("sqlite", {}), "postgresql": ("postgresql", {}),
+           "sqlite-untuned": ("sqlite", {"mongodb_sqlite_synchronous": "FULL", "mongodb_gogc": 100})}
 
 
 class Servers:
     """A private FerretDB on ``backend`` (and its PostgreSQL), started and stopped as `stack up` / `down` would."""
 
-    def __init__(self, backend: str):
+    def __init__(self, backend: str, **overrides):
         self.settings = StackSettings(state_dir=Path(tempfile.mkdtemp(prefix=f"bench-twin-{backend}-")), mongodb_backend=backend,
-                                      mongodb_port=free_port(), postgresql_port=free_port())
+                                      mongodb_port=free_port(), postgresql_port=free_port(), **overrides)
         self.ferretdb = FerretDBService(self.settings)
         self.postgres = PostgresService(self.settings) if backend == "postgresql" else None
         self.services = [s for s in (self.postgres, self.ferretdb) if s is not None]
@@ -289,7 +297,7 @@ def measure(backends: list[str], sizes: list[int], n_ops: int, budget_s: float) 
     rng = np.random.default_rng(2)
     rows: list[dict] = []
     with ExitStack() as stack:
-        servers = {b: stack.enter_context(Servers(b)) for b in backends}
+        servers = {b: stack.enter_context(Servers(CONFIGS[b][0], **CONFIGS[b][1])) for b in backends}
         # A bound on every reply: a FerretDB that hangs (see the module docstring) fails the run, not stalls it.
         clients = {b: MongoClient(s.ferretdb.uri, maxPoolSize=4, socketTimeoutMS=120_000) for b, s in servers.items()}
         for client in clients.values():
@@ -309,15 +317,15 @@ def measure(backends: list[str], sizes: list[int], n_ops: int, budget_s: float) 
                 servers[b].settle()
             # Distinct twins, passed over again below n_ops twins: enough bulks for a p99 at 1k too.
             sample = np.resize(rng.choice(size, min(n_ops, size), replace=False), n_ops).tolist()
-            for k in range(max(len(measures(b)) for b in backends)):
+            for k in range(max(len(measures(CONFIGS[b][0])) for b in backends)):
                 for b in backends:
-                    if k < len(measures(b)):
-                        name, fn, chunk = measures(b)[k]
+                    if k < len(measures(CONFIGS[b][0])):
+                        name, fn, chunk = measures(CONFIGS[b][0])[k]
                         for key, value in budgeted(fn, servers[b], colls[b], twins, sample, chunk, budget_s).items():
                             row[b][f"{name}_{key}"] = value
             for b in backends:
                 r = row[b]
-                r["upsert_largest_chunk_per_s"] = r[f"upsert_chunk{CHUNKS[b][-1]}_per_s"]
+                r["upsert_largest_chunk_per_s"] = r[f"upsert_chunk{CHUNKS[CONFIGS[b][0]][-1]}_per_s"]
                 r.update(memory[b].stop())
                 r["memory_mb"] = round(r["ferretdb_rss_mb"] + r.get("postgresql_pss_mb", 0.0), 1)
                 print(r, flush=True)
@@ -325,17 +333,17 @@ def measure(backends: list[str], sizes: list[int], n_ops: int, budget_s: float) 
     return rows
 
 
-def summary(rows: list[dict]) -> list[dict]:
-    """Table rows: PostgreSQL's figure, SQLite's as the baseline, ratio PostgreSQL / SQLite, for every shared measure."""
-    sqlite = {r["docs"]: r for r in rows if r["backend"] == "sqlite"}
+def summary(rows: list[dict], measured: str = "postgresql", baseline: str = "sqlite") -> list[dict]:
+    """Table rows: ``measured``'s figure, ``baseline``'s beside it, ratio measured / baseline, for every shared measure."""
+    sqlite = {r["docs"]: r for r in rows if r["backend"] == baseline}
     table = []
-    for r in (r for r in rows if r["backend"] == "postgresql"):
+    for r in (r for r in rows if r["backend"] == measured):
         base = sqlite.get(r["docs"], {})
         for metric, value in r.items():
             if metric in ("backend", "docs") or metric not in base:
                 continue
             unit = {"_per_op": "CPU ms/op", "_ms": "ms", "_mb": "MB"}.get(next((e for e in ("_per_op", "_ms", "_mb") if metric.endswith(e)), ""), "docs/s")
-            table.append({"metric": f"twin {metric} @ {r['docs']:,} docs [postgresql vs sqlite]", "value": value, "unit": unit,
+            table.append({"metric": f"twin {metric} @ {r['docs']:,} docs [{measured} vs {baseline}]", "value": value, "unit": unit,
                           "baseline": base[metric], "ratio": round(value / base[metric], 2) if base[metric] else None, "target": None})
     return table
 
@@ -344,18 +352,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="Sizes 1k/10k, fewer ops, shorter budgets (~3 minutes).")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="Comma-separated subset of: " + ", ".join(BACKENDS))
+    ap.add_argument("--tuning", action="store_true",
+                    help="The stack's SQLite settings against SQLite untuned (synchronous FULL, GOGC 100) instead of the two "
+                         "backends; writes bench/results/twin-tuning.json.")
     ap.add_argument("--note", default="", help="What else ran on the machine meanwhile (recorded in the JSON).")
     args = ap.parse_args()
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     n_ops = 2000 if args.quick else 6000
     budget_s = 4.0 if args.quick else 12.0
-    rows = measure(args.backends.split(","), sizes, n_ops, budget_s)
+    configs = ["sqlite", "sqlite-untuned"] if args.tuning else args.backends.split(",")
+    rows = measure(configs, sizes, n_ops, budget_s)
+    measured, baseline = ("sqlite", "sqlite-untuned") if args.tuning else ("postgresql", "sqlite")
+    stack = StackSettings()
     conditions = {"sizes": sizes, "ops_per_measure": n_ops, "budget_s_per_measure": budget_s, "bulk_chunk": BULK_CHUNK,
-                  "chunks": CHUNKS, "ferretdb_postgresql_pool": FERRETDB_POOL, "ratio": "postgresql / sqlite",
-                  "server": f"private FerretDB {FERRETDB_VERSION} per backend (SQLite: WAL, synchronous=FULL; PostgreSQL "
-                            f"{PostgresService(StackSettings()).bin_dir.parent.name}: fsync on, synchronous_commit on), pymongo",
+                  "chunks": CHUNKS, "ferretdb_postgresql_pool": FERRETDB_POOL, "ratio": f"{measured} / {baseline}",
+                  "configs": {c: {"backend": CONFIGS[c][0], **CONFIGS[c][1]} for c in configs},
+                  "server": f"private FerretDB {FERRETDB_VERSION} per configuration (SQLite: WAL, synchronous="
+                            f"{stack.mongodb_sqlite_synchronous} unless said, GOGC {stack.mongodb_gogc} unless said; PostgreSQL "
+                            f"{PostgresService(stack).bin_dir.parent.name}: fsync on, synchronous_commit on), pymongo",
                   "loadavg_1m_at_end": round(os.getloadavg()[0], 2), "shared_machine": True, "note": args.note}
-    path = write_result("twin", {"quick": args.quick, "conditions": conditions, "rows": rows}, summary(rows))
+    path = write_result("twin-tuning" if args.tuning else "twin", {"quick": args.quick, "conditions": conditions, "rows": rows},
+                        summary(rows, measured, baseline))
     print(f"wrote {path}")
 
 

@@ -134,12 +134,15 @@ class FerretDBService(Service):
                 "`fleetpulse stack down --wipe` (drops the twins) or another FLEETPULSE_STACK_STATE_DIR"
             )
 
+    def sqlite_url(self) -> str:
+        """FerretDB's SQLite directory URL; FerretDB adds its own pragmas (WAL, busy timeout) beside this one."""
+        return f"file:{ensure_dir(self.dir / 'data')}/?_pragma=synchronous({self.settings.mongodb_sqlite_synchronous})"
+
     def argv(self) -> list[str]:
-        data = ensure_dir(self.dir / "data")
         if not self.own_command:
-            return [str(self.binary), "-listen-addr", f"{self.host}:{self.port}", "-sqlite-url", f"file:{data}/", "-log-level", "warn"]
+            return [str(self.binary), "-listen-addr", f"{self.host}:{self.port}", "-sqlite-url", self.sqlite_url(), "-log-level", "warn"]
         # The PostgreSQL URL holds FerretDB's password: it goes in the environment (env()), not argv.
-        backend = ["--handler=postgresql"] if self.on_postgresql else ["--handler=sqlite", f"--sqlite-url=file:{data}/"]
+        backend = ["--handler=postgresql"] if self.on_postgresql else ["--handler=sqlite", f"--sqlite-url={self.sqlite_url()}"]
         common = ["--telemetry=disable", "--debug-addr=-", "--log-level=warn", f"--state-dir={self.dir}"]
         if not self.settings.secure:
             return [str(self.binary), *backend, f"--listen-addr={self.host}:{self.port}", *common]
@@ -154,7 +157,9 @@ class FerretDBService(Service):
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        env = {"FERRETDB_POSTGRESQL_URL": PostgresService(self.settings).ferretdb_url()} if self.on_postgresql else {}
+        env = {"GOGC": str(self.settings.mongodb_gogc)}
+        if self.on_postgresql:
+            env["FERRETDB_POSTGRESQL_URL"] = PostgresService(self.settings).ferretdb_url()
         if self.settings.secure:
             env["FERRETDB_SETUP_PASSWORD"] = IdentityStore(self.settings.identities_dir).password(ADMIN)
         return env

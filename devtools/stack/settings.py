@@ -32,6 +32,15 @@ class StackSettings(LocalEndpoints):
     mongodb_backend: Literal["sqlite", "postgresql"] = "sqlite"
     """Where FerretDB keeps the documents: SQLite files in its state dir, or a PostgreSQL server the stack
     runs itself (devtools/stack/postgres.py)."""
+    mongodb_sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
+    """SQLite's ``synchronous`` under FerretDB (WAL mode). NORMAL: a commit is in the WAL (the OS's page
+    cache) when FerretDB answers, so it survives FerretDB and the transformer crashing, not the machine
+    losing power; FULL also fsyncs every commit. NORMAL is what the rest of the stack already promises:
+    its single Kafka broker acknowledges before any fsync (Kafka's default flush policy), so a power loss
+    takes acknowledged events there too. Measured: bench/twin.py ``--tuning``."""
+    mongodb_gogc: int = 400
+    """GOGC for FerretDB: how far its heap may grow past the live heap before Go collects (Go's default
+    100). FerretDB allocates per document decoded; a live heap of ~20 MB lets 400 cost some tens of MB."""
     postgresql_port: int = 25432
     """That PostgreSQL server's port (loopback only; not 5432, where Debian's own cluster may listen)."""
 
