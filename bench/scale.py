@@ -5,6 +5,9 @@ Scenarios (every one QoS 1 from the cars and security on unless it says otherwis
 - ``original``: 100,000 cars x 0.1 ev/s for 300 s, twins in FerretDB over SQLite (the stack's default);
 - ``original-postgresql``: the same with FerretDB over the stack's own PostgreSQL: the twin store's
   baseline (``--quick`` leaves it out);
+- ``original-untuned``: the same on SQLite as FerretDB and Go leave it (an fsync per commit, GOGC 100):
+  the baseline of the stack's FerretDB settings (StackSettings.mongodb_sqlite_synchronous, mongodb_gogc;
+  ``--quick`` leaves it out);
 - ``live``: 10,000 cars x 5 ev/s for 60 s: the production configuration's sustained rate;
 - ``live-plain``: the same at QoS 0 with security off, where 50,000 ev/s was first reached: its baseline.
 
@@ -14,6 +17,8 @@ events per car, so the 100,000-car runs pass ``--min-f1 0`` (the gate would refu
 figures here are about cost, and recall is reported with failures_by_length).
 
     nice -n 5 .venv/bin/python bench/scale.py [--quick] [--only original,live]
+
+``--only`` keeps the other scenarios' results already in bench/results/scale.json (each says when it ran).
 
 Writes bench/results/scale.json: per scenario the demo's figures (cpu_share with the per-process CPU
 seconds, twin_freshness_p99_s, drain_s, p50/p99 event -> alert, the transformer's ev/s, twins of cars,
@@ -52,16 +57,17 @@ class Scenario:
     name: str
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    baseline: str | None = None  # the scenario this one is compared with
+    baselines: tuple[str, ...] = ()  # the scenarios this one is compared with
 
     def describe(self) -> str:
         return " ".join(self.args) + "".join(f" {k}={v}" for k, v in self.env.items())
 
 
 SCENARIOS = [
-    Scenario("original", ORIGINAL, baseline="original-postgresql"),
+    Scenario("original", ORIGINAL, baselines=("original-postgresql", "original-untuned")),
     Scenario("original-postgresql", ORIGINAL, {"FLEETPULSE_STACK_MONGODB_BACKEND": "postgresql"}),
-    Scenario("live", LIVE, baseline="live-plain"),
+    Scenario("original-untuned", ORIGINAL, {"FLEETPULSE_STACK_MONGODB_SQLITE_SYNCHRONOUS": "FULL", "FLEETPULSE_STACK_MONGODB_GOGC": "100"}),
+    Scenario("live", LIVE, baselines=("live-plain",)),
     Scenario("live-plain", [*LIVE, "--qos", "0"], {"FLEETPULSE_STACK_SECURE": "false"}),
 ]
 
@@ -70,6 +76,9 @@ def private_stack_env(state_dir: Path) -> dict[str, str]:
     ports = {name: str(free_port()) for name in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "MQTT_PORT", "MQTT_TLS_PORT",
                                                   "MONGODB_PORT", "GCS_PORT", "POSTGRESQL_PORT")}  # fmt: skip
     return {"FLEETPULSE_STACK_STATE_DIR": str(state_dir), **{f"FLEETPULSE_STACK_{k}": v for k, v in ports.items()}}
+
+
+BENCH_RUN = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())  # when this invocation started: which results share a run
 
 
 def run(scenario: Scenario, out_root: Path) -> dict:
@@ -94,7 +103,8 @@ def run(scenario: Scenario, out_root: Path) -> dict:
     print(f"scale: {scenario.name} in {wall:.0f} s: cpu_share {summary.get('cpu_share')}, twin age p99 "
           f"{summary.get('twin_freshness_p99_s')} s, drain {summary.get('drain_s')} s, {summary.get('events_per_s')} ev/s, "
           f"p99 {summary.get('p99_latency_ms')} ms", file=sys.stderr, flush=True)  # fmt: skip
-    return {**figures(summary), "wall_s": round(wall, 1), "command": scenario.describe()}
+    return {**figures(summary), "wall_s": round(wall, 1), "command": scenario.describe(),
+            "ran": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "bench_run": BENCH_RUN}
 
 
 def figures(s: dict) -> dict:
@@ -136,8 +146,10 @@ def table(results: dict) -> list[dict]:
     """Rows for the scenarios compared with a baseline, the baseline's figure beside each; the box's CPU
     per process (every server and FleetPulse process but the simulator) after them."""
     rows = []
-    for scenario in (s for s in SCENARIOS if s.baseline and s.name in results):
-        r, base = results[scenario.name], results.get(scenario.baseline, {})
+    pairs = [(s, b) for s in SCENARIOS if s.name in results for b in s.baselines if b in results] + [
+        (s, None) for s in SCENARIOS if s.name in results and s.baselines and not any(b in results for b in s.baselines)]
+    for scenario, baseline in pairs:
+        r, base = results[scenario.name], results.get(baseline, {})
         if "failed" in r:
             rows.append({"metric": f"{scenario.name}: the demo failed", "value": r["failed"], "unit": "exit code", "baseline": None,
                          "ratio": None, "target": None})  # fmt: skip
@@ -148,18 +160,22 @@ def table(results: dict) -> list[dict]:
             if value is None:
                 continue
             b = base.get(metric) if has_base else None
-            rows.append({"metric": f"{scenario.name}: {metric}" + (f" [vs {scenario.baseline}]" if has_base else ""),
+            rows.append({"metric": f"{scenario.name}: {metric}" + (f" [vs {baseline}]" if has_base else ""),
                          "value": round(value, 3) if isinstance(value, float) else value, "unit": unit,
                          "baseline": round(b, 3) if isinstance(b, float) else b, "ratio": round(value / b, 2) if b else None,
-                         "target": targets.get(scenario.name)})  # fmt: skip
-        rows.append({"metric": f"{scenario.name}: twins / cars", "value": r["twins"], "unit": "twins", "baseline": None, "ratio": None,
-                     "target": f"{r['cars']:,}"})  # fmt: skip
+                         "target": targets.get(scenario.name),
+                         **({} if not has_base or base.get("bench_run") == r.get("bench_run") else
+                            {"note": f"baseline from an earlier run ({base.get('ran', 'ran before')})"})})  # fmt: skip
+        if baseline == next((b for b in scenario.baselines if b in results), None):  # once per scenario
+            rows.append({"metric": f"{scenario.name}: twins / cars", "value": r["twins"], "unit": "twins", "baseline": None, "ratio": None,
+                         "target": f"{r['cars']:,}"})  # fmt: skip
         cpu, base_cpu = r.get("cpu") or {}, (base.get("cpu") or {}) if has_base else {}
         for proc, seconds in sorted(by_process(cpu).items(), key=lambda kv: -kv[1]):
             share = seconds / (cpu["wall_s"] * cpu["cores"])
             b = by_process(base_cpu).get(proc)
             b_share = b / (base_cpu["wall_s"] * base_cpu["cores"]) if b is not None else None
-            rows.append({"metric": f"{scenario.name}: CPU share, {proc}", "value": round(share, 3), "unit": "share of the box",
+            rows.append({"metric": f"{scenario.name}: CPU share, {proc}" + (f" [vs {baseline}]" if has_base else ""),
+                         "value": round(share, 3), "unit": "share of the box",
                          "baseline": None if b_share is None else round(b_share, 3),
                          "ratio": round(share / b_share, 2) if b_share else None, "target": None})  # fmt: skip
     return rows
@@ -167,7 +183,8 @@ def table(results: dict) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="leave out original-postgresql (the twin store's baseline, 10 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="leave out original-postgresql and original-untuned (the twin store's baselines, 10 min each)")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--table-only", action="store_true", help="rebuild the table of bench/results/scale.json from its scenarios")
     a = ap.parse_args()
@@ -178,10 +195,13 @@ def main() -> None:
         path.write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {path}", file=sys.stderr)
         return
-    wanted = [s for s in SCENARIOS if (not a.only or s.name in a.only.split(",")) and not (a.quick and s.name == "original-postgresql")]
+    wanted = [s for s in SCENARIOS if (not a.only or s.name in a.only.split(","))
+              and not (a.quick and s.name in ("original-postgresql", "original-untuned"))]
     out_root = ROOT / "reports" / "scale"
     out_root.mkdir(parents=True, exist_ok=True)
-    results = {s.name: run(s, out_root) for s in wanted}
+    path = RESULTS_DIR / "scale.json"
+    kept = json.loads(path.read_text())["scenarios"] if a.only and path.exists() else {}
+    results = {**kept, **{s.name: run(s, out_root) for s in wanted}}
     path = write_result("scale", {"scenarios": results}, table(results))
     print(f"wrote {path}", file=sys.stderr)
 
