@@ -146,8 +146,9 @@ def table(results: dict) -> list[dict]:
     """Rows for the scenarios compared with a baseline, the baseline's figure beside each; the box's CPU
     per process (every server and FleetPulse process but the simulator) after them."""
     rows = []
-    pairs = [(s, b) for s in SCENARIOS if s.name in results for b in s.baselines if b in results] + [
-        (s, None) for s in SCENARIOS if s.name in results and s.baselines and not any(b in results for b in s.baselines)]
+    # Each compared scenario against every baseline that ran (its own figures alone if none did).
+    pairs = [(s, b) for s in SCENARIOS if s.name in results and s.baselines
+             for b in ([b for b in s.baselines if b in results] or [None])]
     for scenario, baseline in pairs:
         r, base = results[scenario.name], results.get(baseline, {})
         if "failed" in r:
@@ -199,8 +200,8 @@ def main() -> None:
               and not (a.quick and s.name in ("original-postgresql", "original-untuned"))]
     out_root = ROOT / "reports" / "scale"
     out_root.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / "scale.json"
-    kept = json.loads(path.read_text())["scenarios"] if a.only and path.exists() else {}
+    previous = RESULTS_DIR / "scale.json"
+    kept = json.loads(previous.read_text())["scenarios"] if a.only and previous.exists() else {}
     results = {**kept, **{s.name: run(s, out_root) for s in wanted}}
     path = write_result("scale", {"scenarios": results}, table(results))
     print(f"wrote {path}", file=sys.stderr)

@@ -335,10 +335,10 @@ def measure(backends: list[str], sizes: list[int], n_ops: int, budget_s: float) 
 
 def summary(rows: list[dict], measured: str = "postgresql", baseline: str = "sqlite") -> list[dict]:
     """Table rows: ``measured``'s figure, ``baseline``'s beside it, ratio measured / baseline, for every shared measure."""
-    sqlite = {r["docs"]: r for r in rows if r["backend"] == baseline}
+    base_rows = {r["docs"]: r for r in rows if r["backend"] == baseline}
     table = []
     for r in (r for r in rows if r["backend"] == measured):
-        base = sqlite.get(r["docs"], {})
+        base = base_rows.get(r["docs"], {})
         for metric, value in r.items():
             if metric in ("backend", "docs") or metric not in base:
                 continue
