@@ -75,6 +75,28 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self, timeout: float = 20.0) -> bool:
+        """SIGKILL, and return once the process is gone: its ports closed, its files released.
+
+        The kernel tears a killed process down after kill() returns, and its command line empties
+        first: pid() stops recognising it while its listening sockets are still open (measured: a
+        process holding 400 MB still had its port 20 times in 20 right after SIGKILL), so a server
+        started on the same port at once found it "taken" (the Mosquitto kill -9 row, seen in CI).
+        So the pid is kept from before the signal and waited on.
+        """
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} (pid {pid}) still alive {timeout:g} s after SIGKILL")
+            time.sleep(0.02)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])

@@ -242,3 +242,28 @@ def test_kafka_storage_formats_with_a_cluster_id_starting_with_a_dash(tmp_path):
     kafka.prepare()
     assert "cluster.id=-AbCdEfGhIjKlMnOpQrStUv" in next(kafka.dir.rglob("meta.properties")).read_text()
     assert not any(_cluster_id().startswith("-") for _ in range(2000))
+
+
+def test_a_killed_server_has_let_go_of_its_port_when_kill_returns(tmp_path):
+    # The kernel tears a SIGKILLed process down after the signal: a server holding memory keeps its
+    # listening socket for a while after kill(2) returns, so a restart on the same port must wait.
+    from devtools.stack.process import ManagedProcess, port_in_use
+
+    port = free_port()
+    listen = (
+        "import socket, time\n"
+        "held = bytearray(300 * 1024 * 1024)\n"
+        f"s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); print('listening', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    server = ManagedProcess("holder", tmp_path / "holder.pid", tmp_path / "holder.log", marker="held = bytearray")
+    server.start([sys.executable, "-c", listen])
+    deadline = time.monotonic() + 30
+    while "listening" not in server.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert port_in_use("127.0.0.1", port), server.log_tail()
+
+    assert server.kill() is True
+    assert not port_in_use("127.0.0.1", port)
+    assert not server.running() and not server.pid_file.exists()
+    assert server.kill() is False  # nothing left to kill

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,10 +77,7 @@ class PrivateService:
         self.service.process.stop()
 
     def kill(self) -> None:
-        pid = self.service.process.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            self.service.process.stop()
+        self.service.process.kill()
 
     def restart(self) -> None:
         self.stop()
