@@ -264,11 +264,12 @@ looks = st.lists(st.floats(0.0, 3.0, allow_nan=False), min_size=1, max_size=60)
 
 
 @given(looks)
+@example([1.8227733963365393, 1.2600529611468994, 1.0])  # found in CI: the sum's last gap reads as just over 1.0
 def test_a_write_may_go_exactly_when_no_gap_longer_than_the_pause_ended_within_the_hold(gaps):
     fence, now, pause_ends = PauseFence(PAUSE, HOLD, now=0.0), 0.0, []
     for gap in gaps:
-        now += gap
-        if gap > PAUSE:
+        before, now = now, now + gap
+        if now - before > PAUSE:  # the gap as the clock readings give it (1.0 drawn can be 1.0000000000000004 read)
             pause_ends.append(now)
         wait = fence.observe(now)
         recent = [t for t in pause_ends if now - t < HOLD]
