@@ -470,11 +470,14 @@ def _run(servers: Servers, workdir: Path, load: Load, **kwargs) -> Run:
     return run
 
 
-def transformer_kill_row(servers: Servers, workdir: Path, load: Load) -> dict:
-    """kill -9 of the transformer a third in; a new one (what Kubernetes would start) a second later."""
+def transformer_kill_row(servers: Servers, workdir: Path, load: Load, **member_env: str) -> dict:
+    """kill -9 of the transformer a third in; a new one (what Kubernetes would start) a second later.
+
+    The new member gets the partitions once the dead one's session has expired (45 s by default;
+    ``member_env`` may set ``consumer_session_timeout_ms``, which ``recovery_s`` then follows)."""
     run = _run(servers, workdir, load)
     try:
-        t, recovery = run.member(), Recovery(run.fleet)
+        t, recovery = run.member(**member_env), Recovery(run.fleet)
 
         def restart():
             t.kill()

@@ -31,7 +31,8 @@ def assert_nothing_lost(row: dict) -> None:
 
 
 def test_kill_9_of_the_transformer_loses_nothing(servers, tmp_path):
-    row = serving.transformer_kill_row(servers, tmp_path, LOAD)
+    # A 6 s session (the broker's minimum) instead of 45: the dead member's partitions move sooner, the row is the same.
+    row = serving.transformer_kill_row(servers, tmp_path, LOAD, consumer_session_timeout_ms="6000")
     assert_nothing_lost(row)
     assert row["in_twins"] == row["in_kafka"]
 

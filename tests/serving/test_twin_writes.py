@@ -172,7 +172,8 @@ def test_no_committed_offset_runs_ahead_of_durable_twins(model_server, kafka, un
 @pytest.mark.slow
 def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_server, kafka, unique, tmp_path):
     run = Run(unique, kafka, model_server)
-    run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "30", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3"})
+    run.env.update({"FLEETPULSE_SCORE_TWIN_INTERVAL_S": "30", "FLEETPULSE_SCORE_CHECKPOINT_INTERVAL_S": "0.3",
+                    "FLEETPULSE_SCORE_CONSUMER_SESSION_TIMEOUT_MS": "6000"})
     rng = np.random.default_rng(14)
     with scoring(run, tmp_path) as proc:
         first_twins(run, rng)
@@ -182,7 +183,7 @@ def test_transformer_killed_with_deferred_twins_loses_nothing_on_restart(model_s
         proc.wait()
     stored = events(run.twins())
     assert stored != run.sent, "nothing was deferred at the kill; the test proves nothing"
-    # The same group resumes from its commits once the dead member's session (45 s) has expired.
+    # The same group resumes from its commits once the dead member's session (6 s here) has expired.
     with scoring(run, tmp_path) as proc:
         wait_for(lambda: events(run.twins()) == run.sent, 150, "every twin complete after the restart")
         summary = stop(proc, tmp_path)
