@@ -40,8 +40,9 @@ Paused members. Where the store cannot make that rule atomic (FerretDB, see twin
 itself must not write after it may have lost its partitions: a process that did not run for a while
 (SIGSTOP, a stall; ``PauseFence``) sends no twin write until Kafka has had the time to tell it so
 (``hold_s``: librdkafka notices a session that expired during the pause on its next 1 s timer, or on
-the next heartbeat's answer). A revocation or loss that arrives meanwhile drops the write in flight
-and its commit (the next owner replays it).
+the next heartbeat's answer) and the loop has asked since (a consume() begun after the hold: librdkafka
+serves a loss only there; twin_store.TwinWriter). A revocation or loss that arrives meanwhile drops
+the write in flight and its commit (the next owner replays it).
 """
 
 from __future__ import annotations

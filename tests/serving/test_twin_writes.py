@@ -311,8 +311,9 @@ def test_a_write_sends_nothing_more_once_its_member_lost_the_partitions(mongodb_
 
 
 def test_after_a_pause_twin_writes_wait_the_hold_and_a_loss_meanwhile_drops_them(mongodb_uri, unique):
-    """A member woken from a SIGSTOP: its write waits until Kafka could have told it the partitions moved;
-    told so meanwhile, it sends nothing; not told, it writes once the hold is over."""
+    """A member woken from a SIGSTOP: its write waits until Kafka could have told it the partitions moved
+    and the loop has asked Kafka since (a consume() begun after the hold); told so meanwhile, it sends
+    nothing; not told, it writes then. A checkpoint that blocks the loop waits for the hold only."""
     from pymongo import MongoClient
 
     from inference.transformer.checkpoint import PauseFence
@@ -339,9 +340,19 @@ def test_after_a_pause_twin_writes_wait_the_hold_and_a_loss_meanwhile_drops_them
         writer.pauses.seen -= 3
         t0 = time.monotonic()
         writer.submit(snapshot(["car-a", "car-b"], [7, 7]), {0: 7})
+        time.sleep(2.5)  # the hold is over, but the loop has not consumed since: a loss could be queued, unserved
+        assert writer.finish(wait=False) is None and {d["offsets"]["0"] for d in coll.find()} == {1}
+        writer.polled(time.monotonic())  # the loop's consume(), begun after the hold, returned without a loss
         written = writer.finish(wait=True, timeout_s=10)
-        assert time.monotonic() - t0 >= 2.0 - 0.2  # the hold, less the watchdog's tick
         assert written.saved.written == 2 and not written.saved.stale and written.epoch == writer.epoch
         assert {d["offsets"]["0"] for d in coll.find()} == {7}
+
+        writer.pauses.seen -= 3
+        writer.blocking = True  # a revoke's checkpoint: the loop is inside the callback, no consume() comes
+        t0 = time.monotonic()
+        writer.submit(snapshot(["car-a", "car-b"], [9, 9]), {0: 9})
+        written = writer.finish(wait=True, timeout_s=10)
+        assert time.monotonic() - t0 >= 2.0 - 0.2  # the hold, less the watchdog's tick
+        assert written.saved.written == 2 and {d["offsets"]["0"] for d in coll.find()} == {9}
     finally:
         end_watch()
