@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import random
@@ -65,13 +66,9 @@ class ManagedProcess:
             return False
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGCONT)  # a stopped (wedged) process only acts on SIGTERM once continued
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
+        if not _gone_within(pid, timeout, tick=0.1):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
+            _gone_within(pid, math.inf, tick=0.05)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -89,11 +86,8 @@ class ManagedProcess:
             self.pid_file.unlink(missing_ok=True)
             return False
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} (pid {pid}) still alive {timeout:g} s after SIGKILL")
-            time.sleep(0.02)
+        if not _gone_within(pid, timeout, tick=0.02):
+            raise TimeoutError(f"{self.name} (pid {pid}) still alive {timeout:g} s after SIGKILL")
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -110,6 +104,16 @@ def _is_zombie(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _gone_within(pid: int, timeout: float, tick: float) -> bool:
+    """Wait until ``pid`` has exited (reaped if it is our child); False if it still runs after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(tick)
+    return True
 
 
 def _alive(pid: int) -> bool:

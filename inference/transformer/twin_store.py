@@ -28,9 +28,10 @@ owns the car when its write arrives. Two guards close those two gaps:
   30,000 events missing, 2 of 2 runs). After any pause longer than ``twin_pause_s`` its writes wait
   ``twin_pause_hold_s``, by which time librdkafka has found the session expired, and then for the
   loop's next consume(), where its ``on_lost`` drops the write (``TwinWriter.drop``): nothing of it
-  is sent, and its commit is not made. The watchdog that sees pauses needs nothing from the group coordinator: a check that asked
-  it from the writer thread (a commit of the last committed offsets) stalled the group, because such a
-  commit is not answered while the loop thread runs a rebalance callback.
+  is sent, and its commit is not made. The watchdog that sees pauses needs nothing from the group
+  coordinator: a check that asked it from the writer thread (a commit of the last committed offsets)
+  stalled the group, because such a commit is not answered while the loop thread runs a rebalance
+  callback.
 
 What is left on FerretDB (MongoDB's atomic filter closes it): a pause that lands after the last
 check and before pymongo has sent the bulk (encoding and writing 20 documents to the socket; that
@@ -392,10 +393,9 @@ class TwinWriter:
     elsewhere meanwhile keeps the write waiting. (Added after the group 1 -> 3 -> 1 fault row had 36
     of 30,000 events missing from twins once in 4 full runs, the woken member's commits failing
     "Unknown member" with no write dropped; that this was the cause is not established: the same log
-    shape has been seen since in runs that passed.) A checkpoint
-    that blocks the loop until its write is done (``blocking``: a revoke's, the last one) is not made
-    to wait for a consume it prevents; a revoke's callback is Kafka's word that the partitions are
-    still this member's until it returns.
+    shape has been seen since in runs that passed.) A checkpoint that blocks the loop until its write
+    is done (``blocking``: a revoke's, the last one) is not made to wait for a consume it prevents; a
+    revoke's callback is Kafka's word that the partitions are still this member's until it returns.
     """
 
     def __init__(self, store: TwinStore, retries: Retries, pauses: PauseFence | None = None):

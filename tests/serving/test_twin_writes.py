@@ -338,7 +338,6 @@ def test_after_a_pause_twin_writes_wait_the_hold_and_a_loss_meanwhile_drops_them
         assert {d["offsets"]["0"] for d in coll.find()} == {1}
 
         writer.pauses.seen -= 3
-        t0 = time.monotonic()
         writer.submit(snapshot(["car-a", "car-b"], [7, 7]), {0: 7})
         time.sleep(2.5)  # the hold is over, but the loop has not consumed since: a loss could be queued, unserved
         assert writer.finish(wait=False) is None and {d["offsets"]["0"] for d in coll.find()} == {1}
